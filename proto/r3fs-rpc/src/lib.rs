@@ -13,6 +13,14 @@ pub mod common {
     tonic::include_proto!("r3fs.common");
 }
 
+pub mod mgmtd {
+    tonic::include_proto!("r3fs.mgmtd");
+}
+
+pub mod admin {
+    tonic::include_proto!("r3fs.admin");
+}
+
 /// gRPC metadata key that carries the numeric r3fs error code.
 pub const ERROR_CODE_METADATA_KEY: &str = "r3fs-error-code";
 
