@@ -21,6 +21,8 @@ pub mod admin {
     tonic::include_proto!("r3fs.admin");
 }
 
+pub mod mgmtd_client;
+
 /// gRPC metadata key that carries the numeric r3fs error code.
 pub const ERROR_CODE_METADATA_KEY: &str = "r3fs-error-code";
 
