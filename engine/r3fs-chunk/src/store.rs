@@ -1,0 +1,1983 @@
+//! The chunk store of one target: staging, committing, reading, removing chunks.
+//!
+//! See the crate docs for the model and docs/design/chunk-store.md for the format and the crash
+//! argument. Concurrency: one executor thread; [`ChunkStore`] is a cheap `Rc` handle; no
+//! `RefCell` borrow is ever held across an `.await`. Every log write happens in the [`Flusher`]
+//! task, so a caller that drops a `commit` future never leaves a half-written batch behind.
+
+use crate::alloc::{Allocator, Grant, SpaceStats};
+use crate::cache::PageCache;
+use crate::config::StoreConfig;
+use crate::crc::{CrcFold, combine, zeros_crc};
+use crate::device::{Device, DeviceFile};
+use crate::error::{OpenError, StoreError};
+use crate::format::{
+    self, BlockAddr, CLASS_BYTES_MAX, CLASS_BYTES_MIN, CLASS_COUNT, CRCS_PER_PAGE, ChunkState,
+    RECORD_BYTES, Record, SizeClass, UNIT_BYTES, UnitKey, align_up, pages_for_units, units_for,
+};
+use crate::journal::{self, CheckpointWriter, LogTail, ReplayError};
+use futures::future::poll_fn;
+use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
+use std::cell::{RefCell, RefMut};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, Range};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+const UNIT: u32 = UNIT_BYTES as u32;
+const PAGE_UNITS: u32 = CRCS_PER_PAGE as u32;
+static ZERO_UNIT: [u8; UNIT_BYTES] = [0; UNIT_BYTES];
+
+/// Chunks per [`ChunkStore::batch_read`].
+pub const BATCH_READ_MAX: usize = 4096;
+/// Chunks removed per [`ChunkStore::remove_range`] call (the caller resumes for more).
+pub const REMOVE_RANGE_MAX: usize = 4096;
+/// Entries per [`ChunkStore::list`] call.
+pub const LIST_MAX: usize = 65536;
+/// Checkpoint entries per incremental compaction step (1 MiB of log).
+const COMPACTION_SLICE_ENTRIES: usize = 16 * 1024;
+/// Attempts to obtain a block (growth and reclaim may need several rounds).
+const ALLOC_ATTEMPTS_MAX: usize = 8;
+
+const _: () = assert!(CLASS_BYTES_MAX % UNIT == 0 && CLASS_BYTES_MIN % UNIT == 0);
+
+/// Chunk bytes in a device buffer, padded to whole units. Obtain with [`ChunkStore::alloc_buf`],
+/// fill `data_mut()`, hand to a [`StageRequest`]: the store writes it out without copying.
+#[derive(Debug)]
+pub struct ChunkBuf<B> {
+    buf: B,
+    len: usize,
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> ChunkBuf<B> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.buf.as_ref()[..self.len]
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf.as_mut()[..self.len]
+    }
+}
+
+/// An update of one chunk, staged as its pending version.
+#[derive(Debug)]
+pub struct StageRequest<B> {
+    pub chunk: ChunkId,
+    /// The new version; must exceed the committed one.
+    pub version: ChunkVersion,
+    pub chain_version: ChainVersion,
+    /// The file's chunk size: a power of two in 64 KiB..=64 MiB; the chunk never grows beyond it.
+    pub chunk_size: u32,
+    pub op: UpdateOp<B>,
+}
+
+/// What an update does. The base of a partial update is always the committed content.
+#[derive(Debug)]
+pub enum UpdateOp<B> {
+    /// Writes `data` at `offset` (zero-filling any hole); `crc` is the sender's CRC32C of `data`.
+    Write {
+        offset: u32,
+        data: ChunkBuf<B>,
+        crc: u32,
+    },
+    /// Sets the length, dropping bytes or appending zeros.
+    Truncate {
+        len: u32,
+    },
+    Remove,
+    /// The chunk becomes exactly `data`.
+    Replace {
+        data: ChunkBuf<B>,
+        crc: u32,
+    },
+}
+
+/// A chunk's committed state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedMeta {
+    pub version: ChunkVersion,
+    pub chain_version: ChainVersion,
+    pub len: u32,
+    pub crc: u32,
+}
+
+/// A chunk's pending (staged, uncommitted) version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingMeta {
+    pub version: ChunkVersion,
+    pub chain_version: ChainVersion,
+    /// The pending version removes the chunk.
+    pub removal: bool,
+    pub len: u32,
+    pub crc: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkMeta {
+    pub chunk: ChunkId,
+    pub committed: Option<CommittedMeta>,
+    pub pending: Option<PendingMeta>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageOutcome {
+    Staged(PendingMeta),
+    /// The committed version is already at least the requested one.
+    AlreadyCommitted {
+        committed: ChunkVersion,
+    },
+    /// Another update of this chunk is being staged or committed.
+    Busy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Durable. `None`: the chunk is removed.
+    Committed(Option<CommittedMeta>),
+    AlreadyCommitted {
+        committed: ChunkVersion,
+    },
+    /// Nothing is staged for this chunk.
+    NotStaged,
+    /// A different version is staged.
+    VersionMismatch {
+        pending: ChunkVersion,
+    },
+    Busy,
+}
+
+/// Outcome of a one-step update (stage and commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    Committed(Option<CommittedMeta>),
+    AlreadyCommitted { committed: ChunkVersion },
+    Busy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoveRangeOutcome {
+    pub removed: u64,
+    /// Chunks skipped because an update of theirs was in flight.
+    pub busy: Vec<ChunkId>,
+    /// More chunks remain from this index on.
+    pub resume_from: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub chunk: ChunkId,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// Verified bytes of a committed chunk, in the device's read buffer.
+#[derive(Debug)]
+pub struct ReadOutcome<R> {
+    pub version: ChunkVersion,
+    pub chain_version: ChainVersion,
+    pub chunk_len: u32,
+    pub offset: u32,
+    /// CRC32C of the returned bytes.
+    pub crc: u32,
+    buf: Option<R>,
+    start: usize,
+    len: usize,
+}
+
+impl<R: AsRef<[u8]>> ReadOutcome<R> {
+    /// The bytes `[offset, offset + len)` of the chunk (shorter at its end).
+    pub fn data(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[][..], |b| &b.as_ref()[self.start..self.start + self.len])
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device buffer and the range of the data in it (for zero-copy sends).
+    pub fn into_parts(self) -> (Option<R>, Range<usize>) {
+        (self.buf, self.start..self.start + self.len)
+    }
+}
+
+/// Where a chunk's block lives (diagnostics and fault tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockLocation {
+    pub file_name: String,
+    pub header_offset: u64,
+    pub data_offset: u64,
+    pub data_bytes: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub space: SpaceStats,
+    pub chunks: u64,
+    pub log_generation: u64,
+    pub log_bytes: u64,
+    pub header_cache_bytes: u64,
+    pub commit_batches: u64,
+    pub commit_records: u64,
+    pub compactions: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    Put(ChunkState),
+    Delete,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    version: ChunkVersion,
+    chain_version: ChainVersion,
+    change: Change,
+    /// A block allocated for this version (freed if it never commits).
+    owned: Option<BlockAddr>,
+}
+
+impl Pending {
+    fn meta(&self) -> PendingMeta {
+        let (removal, len, crc) = match self.change {
+            Change::Put(s) => (false, s.len, s.crc),
+            Change::Delete => (true, 0, 0),
+        };
+        PendingMeta { version: self.version, chain_version: self.chain_version, removal, len, crc }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    committed: Option<ChunkState>,
+    pending: Option<Pending>,
+    /// A stage's IO is in flight.
+    staging: bool,
+    /// A record of this chunk is queued or being written.
+    committing: bool,
+}
+
+impl Entry {
+    fn is_empty(&self) -> bool {
+        self.committed.is_none() && self.pending.is_none() && !self.staging && !self.committing
+    }
+}
+
+fn committed_meta(state: &ChunkState) -> CommittedMeta {
+    CommittedMeta {
+        version: state.version,
+        chain_version: state.chain_version,
+        len: state.len,
+        crc: state.crc,
+    }
+}
+
+fn chunk_meta(chunk: ChunkId, entry: &Entry) -> ChunkMeta {
+    ChunkMeta {
+        chunk,
+        committed: entry.committed.as_ref().map(committed_meta),
+        pending: entry.pending.as_ref().map(Pending::meta),
+    }
+}
+
+#[derive(Debug)]
+struct QueueItem {
+    ticket: u64,
+    chunk: ChunkId,
+    change: Change,
+}
+
+#[derive(Debug)]
+struct Compaction<F> {
+    file: Rc<F>,
+    name: String,
+    writer: CheckpointWriter,
+    cursor: Option<ChunkId>,
+    scanned: bool,
+    /// Records made durable in the old log since the checkpoint began.
+    committed: Vec<Record>,
+}
+
+struct Inner<D: Device> {
+    chunks: BTreeMap<ChunkId, Entry>,
+    alloc: Allocator,
+    cache: PageCache,
+    dirty: [bool; CLASS_COUNT],
+    next_serial: u64,
+    failed: Option<String>,
+    log_space_low: bool,
+    log_file: Rc<D::File>,
+    generation: u64,
+    next_generation: u64,
+    tail: LogTail,
+    zeroed_end: u64,
+    next_seq: u64,
+    queue: VecDeque<QueueItem>,
+    next_ticket: u64,
+    /// Every ticket below this is applied.
+    applied_through: u64,
+    waiters: Vec<Waker>,
+    flusher_waker: Option<Waker>,
+    closing: bool,
+    flusher_done: bool,
+    compaction: Option<Compaction<D::File>>,
+    compaction_retry_pos: u64,
+    compaction_requested: bool,
+    stats: StoreStats,
+}
+
+impl<D: Device> Inner<D> {
+    fn wake_waiters(&mut self) {
+        for waker in self.waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn wake_flusher(&mut self) {
+        if let Some(waker) = self.flusher_waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn enqueue(&mut self, chunk: ChunkId, change: Change) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.queue.push_back(QueueItem { ticket, chunk, change });
+        self.wake_flusher();
+        ticket
+    }
+
+    fn release_block(&mut self, addr: BlockAddr) {
+        if self.alloc.release(addr) {
+            self.cache.forget_block(addr, pages_for_units(addr.class.units()));
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        if self.failed.is_none() {
+            tracing::error!(reason = %why, "chunk store stops accepting updates");
+            self.failed = Some(why);
+        }
+        self.wake_waiters();
+    }
+
+    /// Applies a durable record to the in-memory state.
+    fn apply(&mut self, item: &QueueItem) {
+        let Some(entry) = self.chunks.get_mut(&item.chunk) else {
+            panic!("committed chunk {} has no entry", item.chunk);
+        };
+        assert!(entry.committing, "chunk {} applied without a queued commit", item.chunk);
+        entry.committing = false;
+        let old = entry.committed.take();
+        entry.committed = match item.change {
+            Change::Put(state) => Some(state),
+            Change::Delete => None,
+        };
+        let new_block = entry.committed.and_then(|s| s.block);
+        let empty = entry.is_empty();
+        if empty {
+            self.chunks.remove(&item.chunk);
+        }
+        if let Some(old_block) = old.and_then(|s| s.block) {
+            if Some(old_block) != new_block {
+                self.release_block(old_block);
+            }
+        }
+    }
+}
+
+struct Shared<D: Device> {
+    device: D,
+    files: Vec<D::File>,
+    config: StoreConfig,
+    inner: RefCell<Inner<D>>,
+}
+
+impl<D: Device> Shared<D> {
+    fn inner(&self) -> RefMut<'_, Inner<D>> {
+        self.inner.borrow_mut()
+    }
+
+    fn file(&self, class: SizeClass) -> &D::File {
+        &self.files[class.index()]
+    }
+}
+
+/// The chunk store of one target. Clone it freely (a handle); every clone is the same store.
+pub struct ChunkStore<D: Device> {
+    shared: Rc<Shared<D>>,
+}
+
+impl<D: Device> Clone for ChunkStore<D> {
+    fn clone(&self) -> Self {
+        ChunkStore { shared: self.shared.clone() }
+    }
+}
+
+impl<D: Device> std::fmt::Debug for ChunkStore<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkStore").field("stats", &self.stats()).finish()
+    }
+}
+
+/// The task that writes commit batches and compacts the log. Run it on the store's executor
+/// (`glommio::spawn_local(flusher.run()).detach()`); commits wait for it.
+pub struct Flusher<D: Device> {
+    shared: Rc<Shared<D>>,
+}
+
+impl<D: Device> std::fmt::Debug for Flusher<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher").finish_non_exhaustive()
+    }
+}
+
+/// Marks a block as being read until dropped.
+struct ReadGuard<'a, D: Device> {
+    shared: &'a Shared<D>,
+    addr: BlockAddr,
+}
+
+impl<'a, D: Device> ReadGuard<'a, D> {
+    fn begin(shared: &'a Shared<D>, addr: BlockAddr, units_end: u32) -> Self {
+        shared.inner().alloc.begin_read(addr, units_end);
+        ReadGuard { shared, addr }
+    }
+}
+
+impl<D: Device> Drop for ReadGuard<'_, D> {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
+            if inner.alloc.end_read(self.addr) {
+                inner.cache.forget_block(self.addr, pages_for_units(self.addr.class.units()));
+            }
+        }
+    }
+}
+
+/// Undoes a stage that did not finish: clears `staging`, and frees, quarantines or taints the
+/// blocks it touched depending on whether IO might still be in flight.
+struct StagingGuard<'a, D: Device> {
+    shared: &'a Shared<D>,
+    chunk: ChunkId,
+    new_block: Option<BlockAddr>,
+    in_place: Option<BlockAddr>,
+    io_in_flight: bool,
+    done: bool,
+}
+
+impl<D: Device> Drop for StagingGuard<'_, D> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(mut inner) = self.shared.inner.try_borrow_mut() else { return };
+        if let Some(addr) = self.new_block {
+            if self.io_in_flight {
+                tracing::warn!(chunk = %self.chunk, ?addr, "stage cancelled mid-IO: block quarantined until restart");
+                inner.alloc.quarantine(addr);
+            } else {
+                inner.release_block(addr);
+            }
+        }
+        if let (Some(addr), true) = (self.in_place, self.io_in_flight) {
+            inner.alloc.taint(addr);
+        }
+        if let Some(entry) = inner.chunks.get_mut(&self.chunk) {
+            entry.staging = false;
+            if entry.is_empty() {
+                inner.chunks.remove(&self.chunk);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StageParams {
+    chunk: ChunkId,
+    version: ChunkVersion,
+    chain_version: ChainVersion,
+    chunk_size: u32,
+}
+
+impl StageParams {
+    fn state(&self, len: u32, crc: u32, block: Option<BlockAddr>, serial: u64) -> ChunkState {
+        ChunkState {
+            version: self.version,
+            chain_version: self.chain_version,
+            len,
+            crc,
+            block,
+            serial,
+        }
+    }
+}
+
+/// Plain CRC32C of each unit of `padded` (whole units) and of its first `len` bytes.
+fn payload_crcs(padded: &[u8], len: usize) -> (Vec<u32>, u32) {
+    assert_eq!(padded.len(), align_up(len));
+    let mut units = Vec::with_capacity(padded.len() / UNIT_BYTES);
+    let mut fold = CrcFold::new();
+    for unit in padded.chunks_exact(UNIT_BYTES) {
+        let take = (len - fold.len() as usize).min(UNIT_BYTES);
+        if take == UNIT_BYTES {
+            let crc = crc32c::crc32c(unit);
+            fold.push_unit(crc);
+            units.push(crc);
+        } else {
+            let partial = crc32c::crc32c(&unit[..take]);
+            fold.push(partial, take as u64);
+            units.push(crc32c::crc32c_append(partial, &unit[take..]));
+        }
+    }
+    (units, fold.crc())
+}
+
+/// Header pages `first_page..` holding `stored` (the checksums of units from the first page's
+/// first unit on): their bytes, and the per-page checksum slices for the cache.
+fn header_pages(stored: &[u32]) -> (Vec<u8>, Vec<Rc<[u32]>>) {
+    let mut bytes = Vec::with_capacity(align_up(stored.len() * 4));
+    let mut pages = Vec::new();
+    for page in stored.chunks(CRCS_PER_PAGE) {
+        for crc in page {
+            bytes.extend_from_slice(&crc.to_le_bytes());
+        }
+        pages.push(Rc::from(page));
+    }
+    bytes.resize(align_up(bytes.len()), 0);
+    (bytes, pages)
+}
+
+fn parse_page(bytes: &[u8], units: usize) -> Rc<[u32]> {
+    bytes
+        .chunks_exact(4)
+        .take(units)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+fn validate_chunk_size(chunk_size: u32) -> Result<(), StoreError> {
+    if !chunk_size.is_power_of_two() || !(CLASS_BYTES_MIN..=CLASS_BYTES_MAX).contains(&chunk_size) {
+        return Err(StoreError::InvalidArgument(format!(
+            "chunk size {chunk_size} is not a power of two in 64 KiB..=64 MiB"
+        )));
+    }
+    Ok(())
+}
+
+/// The class of a new block for `len` bytes. A chunk outgrowing its block jumps to the class of
+/// the full chunk size: a streaming writer then copies its first piece once, not at every
+/// doubling.
+fn choose_class(len: u32, chunk_size: u32, base: Option<BlockAddr>) -> SizeClass {
+    let need = SizeClass::for_len(len).unwrap_or(SizeClass::ALL[CLASS_COUNT - 1]);
+    match base {
+        Some(b) if len > b.class.data_bytes() => {
+            need.max(SizeClass::for_len(chunk_size).unwrap_or(need))
+        }
+        _ => need,
+    }
+}
+
+impl<D: Device> ChunkStore<D> {
+    /// Opens (or formats, if the directory holds no store) the store on `device`.
+    pub async fn open(device: D, config: StoreConfig) -> Result<(Self, Flusher<D>), OpenError> {
+        config.validate().map_err(OpenError::InvalidConfig)?;
+        let names = device.list().await.map_err(OpenError::io("listing the target directory"))?;
+        let mut generations: Vec<u64> =
+            names.iter().filter_map(|n| format::parse_log_file_name(n)).collect();
+        generations.sort_unstable_by(|a, b| b.cmp(a));
+        let max_generation = generations.first().copied().unwrap_or(0);
+
+        let mut chosen = None;
+        for &generation in &generations {
+            let name = format::log_file_name(generation);
+            let file =
+                device.open(&name, false).await.map_err(OpenError::io("opening a metadata log"))?;
+            match journal::replay(&file, generation).await {
+                Ok(replayed) => {
+                    chosen = Some((generation, replayed));
+                    break;
+                }
+                Err(ReplayError::Incomplete(why)) => {
+                    tracing::warn!(log = %name, %why, "ignoring an incomplete metadata log");
+                }
+                Err(ReplayError::Corrupt(why)) => {
+                    return Err(OpenError::Corrupt(format!("{name}: {why}")));
+                }
+                Err(ReplayError::Io(e)) => {
+                    return Err(OpenError::Io { op: "reading a metadata log", source: e });
+                }
+            }
+        }
+
+        let mut files = Vec::with_capacity(CLASS_COUNT);
+        let mut slots = [0u32; CLASS_COUNT];
+        let mut any_data = false;
+        for class in SizeClass::ALL {
+            let file = device
+                .open(&class.file_name(), true)
+                .await
+                .map_err(OpenError::io("opening a block file"))?;
+            let len = file.len().await.map_err(OpenError::io("sizing a block file"))?;
+            any_data |= len > 0;
+            slots[class.index()] = u32::try_from(len / class.stride_bytes()).map_err(|_| {
+                OpenError::Corrupt(format!("{} is impossibly large", class.file_name()))
+            })?;
+            files.push(file);
+        }
+
+        let replayed = match chosen {
+            Some((generation, replayed)) => {
+                tracing::info!(
+                    generation,
+                    chunks = replayed.chunks.len(),
+                    log_bytes = replayed.valid_bytes,
+                    "replayed metadata log"
+                );
+                replayed
+            }
+            None if !any_data => journal::Replayed {
+                chunks: BTreeMap::new(),
+                next_seq: 1,
+                next_serial: 1,
+                valid_bytes: 0,
+            },
+            None => {
+                return Err(OpenError::Corrupt(format!(
+                    "block files hold data but no complete metadata log exists (found \
+                     generations {generations:?})"
+                )));
+            }
+        };
+
+        let used = replayed.chunks.values().filter_map(|s| s.block);
+        let mut alloc = Allocator::new(config.capacity_bytes, config.grow_bytes_max, slots, used)
+            .map_err(OpenError::Corrupt)?;
+        for (chunk, state) in &replayed.chunks {
+            if state.len > 0 && state.block.is_none() {
+                return Err(OpenError::Corrupt(format!(
+                    "chunk {chunk} has {} bytes but no block",
+                    state.len
+                )));
+            }
+        }
+
+        // A fresh generation at every open: stale or torn records of the old log can never be
+        // mistaken for new ones, and the log starts compact.
+        let generation = max_generation + 1;
+        let name = format::log_file_name(generation);
+        let log_file =
+            device.open(&name, true).await.map_err(OpenError::io("creating a metadata log"))?;
+        log_file.set_len(0).await.map_err(OpenError::io("resetting a metadata log"))?;
+        let mut writer = CheckpointWriter::new(generation, replayed.next_seq - 1);
+        for slice in replayed.chunks.iter().collect::<Vec<_>>().chunks(COMPACTION_SLICE_ENTRIES) {
+            let bytes = writer.encode_entries(slice.iter().copied());
+            writer
+                .write(&device, &log_file, &bytes)
+                .await
+                .map_err(OpenError::io("writing a checkpoint"))?;
+        }
+        if replayed.chunks.is_empty() {
+            let bytes = writer.encode_entries(std::iter::empty());
+            writer
+                .write(&device, &log_file, &bytes)
+                .await
+                .map_err(OpenError::io("writing a checkpoint"))?;
+        }
+        writer
+            .finish(&device, &log_file, replayed.next_serial)
+            .await
+            .map_err(OpenError::io("syncing a checkpoint"))?;
+        for old in names.iter().filter(|n| format::parse_log_file_name(n).is_some()) {
+            device.remove(old).await.map_err(OpenError::io("removing an old metadata log"))?;
+        }
+        device.sync_dir().await.map_err(OpenError::io("syncing the target directory"))?;
+
+        // Drop free slots at the end of each block file.
+        for class in SizeClass::ALL {
+            let keep = u64::from(alloc.trim_slots(class)) * class.stride_bytes();
+            let file = &files[class.index()];
+            let len = file.len().await.map_err(OpenError::io("sizing a block file"))?;
+            if len > keep {
+                file.set_len(keep).await.map_err(OpenError::io("trimming a block file"))?;
+            }
+        }
+
+        let tail = writer.tail.clone();
+        let zeroed_end = align_up(tail.pos as usize) as u64;
+        let stats = StoreStats { log_generation: generation, ..StoreStats::default() };
+        let inner = Inner {
+            chunks: replayed
+                .chunks
+                .into_iter()
+                .map(|(chunk, state)| (chunk, Entry { committed: Some(state), ..Entry::default() }))
+                .collect(),
+            alloc,
+            cache: PageCache::new(config.header_cache_bytes),
+            dirty: [false; CLASS_COUNT],
+            next_serial: replayed.next_serial,
+            failed: None,
+            log_space_low: false,
+            log_file: Rc::new(log_file),
+            generation,
+            next_generation: generation + 1,
+            tail,
+            zeroed_end,
+            next_seq: replayed.next_seq,
+            queue: VecDeque::new(),
+            next_ticket: 0,
+            applied_through: 0,
+            waiters: Vec::new(),
+            flusher_waker: None,
+            closing: false,
+            flusher_done: false,
+            compaction: None,
+            compaction_retry_pos: 0,
+            compaction_requested: false,
+            stats,
+        };
+        let shared = Rc::new(Shared { device, files, config, inner: RefCell::new(inner) });
+        let store = ChunkStore { shared: shared.clone() };
+        store.extend_log().await;
+        if let Some(why) = shared.inner().failed.clone() {
+            return Err(OpenError::Corrupt(why));
+        }
+        Ok((store, Flusher { shared }))
+    }
+
+    /// A buffer for `len` bytes of chunk data (at most 64 MiB).
+    pub fn alloc_buf(&self, len: usize) -> ChunkBuf<D::Buf> {
+        let buf = self.shared.device.alloc_buf(align_up(len.max(1)));
+        ChunkBuf { buf, len }
+    }
+
+    pub fn metadata(&self, chunk: ChunkId) -> Option<ChunkMeta> {
+        let inner = self.shared.inner.borrow();
+        let entry = inner.chunks.get(&chunk)?;
+        let meta = chunk_meta(chunk, entry);
+        (meta.committed.is_some() || meta.pending.is_some()).then_some(meta)
+    }
+
+    /// The committed chunk of `inode` with the highest index (the file's last chunk).
+    pub fn last_chunk(&self, inode: InodeId) -> Option<ChunkMeta> {
+        let inner = self.shared.inner.borrow();
+        inner
+            .chunks
+            .range(ChunkId::new(inode, 0)..=ChunkId::new(inode, u64::MAX))
+            .rev()
+            .find(|(_, e)| e.committed.is_some())
+            .map(|(chunk, e)| chunk_meta(*chunk, e))
+    }
+
+    /// Committed chunks from `start` on, in `ChunkId` order, at most `limit` (capped at
+    /// [`LIST_MAX`]).
+    pub fn list(&self, start: ChunkId, limit: usize) -> Vec<ChunkMeta> {
+        let inner = self.shared.inner.borrow();
+        inner
+            .chunks
+            .range(start..)
+            .filter(|(_, e)| e.committed.is_some())
+            .take(limit.min(LIST_MAX))
+            .map(|(chunk, e)| chunk_meta(*chunk, e))
+            .collect()
+    }
+
+    pub fn locate(&self, chunk: ChunkId) -> Option<BlockLocation> {
+        let inner = self.shared.inner.borrow();
+        let addr = inner.chunks.get(&chunk)?.committed?.block?;
+        Some(BlockLocation {
+            file_name: addr.class.file_name(),
+            header_offset: addr.offset(),
+            data_offset: addr.unit_offset(0),
+            data_bytes: addr.class.data_bytes(),
+        })
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let inner = self.shared.inner.borrow();
+        StoreStats {
+            space: inner.alloc.stats(),
+            chunks: inner.chunks.values().filter(|e| e.committed.is_some()).count() as u64,
+            log_generation: inner.generation,
+            log_bytes: inner.tail.pos,
+            header_cache_bytes: inner.cache.bytes(),
+            ..inner.stats
+        }
+    }
+
+    pub fn space(&self) -> SpaceStats {
+        self.shared.inner.borrow().alloc.stats()
+    }
+
+    /// Why the store stopped accepting updates, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.inner.borrow().failed.clone()
+    }
+
+    /// Reads committed bytes `[offset, offset + len)` of a chunk, verifying every unit's checksum.
+    pub async fn read(
+        &self,
+        chunk: ChunkId,
+        offset: u32,
+        len: u32,
+    ) -> Result<ReadOutcome<D::ReadBuf>, StoreError> {
+        let state = {
+            let inner = self.shared.inner.borrow();
+            inner
+                .chunks
+                .get(&chunk)
+                .and_then(|e| e.committed)
+                .ok_or(StoreError::ChunkNotFound(chunk))?
+        };
+        self.read_state(chunk, state, offset, len).await
+    }
+
+    /// Reads many chunks concurrently; results are in request order.
+    pub async fn batch_read(
+        &self,
+        requests: &[ReadRequest],
+    ) -> Result<Vec<Result<ReadOutcome<D::ReadBuf>, StoreError>>, StoreError> {
+        if requests.len() > BATCH_READ_MAX {
+            return Err(StoreError::InvalidArgument(format!(
+                "batch of {} reads exceeds {BATCH_READ_MAX}",
+                requests.len()
+            )));
+        }
+        Ok(futures::future::join_all(requests.iter().map(|r| self.read(r.chunk, r.offset, r.len)))
+            .await)
+    }
+
+    async fn read_state(
+        &self,
+        chunk: ChunkId,
+        state: ChunkState,
+        offset: u32,
+        len: u32,
+    ) -> Result<ReadOutcome<D::ReadBuf>, StoreError> {
+        let end = (u64::from(offset) + u64::from(len)).min(u64::from(state.len)) as u32;
+        let mut outcome = ReadOutcome {
+            version: state.version,
+            chain_version: state.chain_version,
+            chunk_len: state.len,
+            offset,
+            crc: 0,
+            buf: None,
+            start: 0,
+            len: 0,
+        };
+        if offset >= end {
+            return Ok(outcome);
+        }
+        let corrupt = |detail: String| StoreError::ChunkCorrupt { chunk, detail };
+        let Some(addr) = state.block else {
+            return Err(corrupt(format!("{} bytes but no block", state.len)));
+        };
+        let shared = &*self.shared;
+        let u0 = offset / UNIT;
+        let u1 = units_for(end);
+        let (p0, p1) = (u0 / PAGE_UNITS, (u1 - 1) / PAGE_UNITS);
+        // No await between the state lookup and this: the block cannot be freed under us.
+        let _guard = ReadGuard::begin(shared, addr, u1);
+        let mut pages: Vec<Option<Rc<[u32]>>> = {
+            let mut inner = shared.inner();
+            (p0..=p1).map(|p| inner.cache.get(addr, p, u1.min((p + 1) * PAGE_UNITS))).collect()
+        };
+        let missing = pages.iter().position(Option::is_none).map(|first| {
+            let last = pages.iter().rposition(Option::is_none).unwrap_or(first);
+            (p0 + first as u32, p0 + last as u32)
+        });
+        let file = shared.file(addr.class);
+        let data_offset = addr.unit_offset(u0);
+        let data_len = ((u1 - u0) * UNIT) as usize;
+        let io = StoreError::io("reading a chunk");
+        let (buf, data_start) = match missing {
+            None => (file.read_at(data_offset, data_len).await.map_err(io)?, 0),
+            Some((pa, pb)) if u0 == 0 => {
+                // Header pages directly precede the data: one read.
+                let start = addr.header_page_offset(pa);
+                let buf = file
+                    .read_at(start, (data_offset - start) as usize + data_len)
+                    .await
+                    .map_err(io)?;
+                self.fill_pages(&mut pages, buf.as_ref(), addr, (p0, pa, pb), state.len)
+                    .map_err(corrupt)?;
+                (buf, (data_offset - start) as usize)
+            }
+            Some((pa, pb)) => {
+                let header_len = ((pb - pa + 1) * UNIT) as usize;
+                let (data, header) = futures::join!(
+                    file.read_at(data_offset, data_len),
+                    file.read_at(addr.header_page_offset(pa), header_len)
+                );
+                let (data, header) = (
+                    data.map_err(StoreError::io("reading a chunk"))?,
+                    header.map_err(StoreError::io("reading a block header"))?,
+                );
+                self.fill_pages(&mut pages, header.as_ref(), addr, (p0, pa, pb), state.len)
+                    .map_err(corrupt)?;
+                (data, 0)
+            }
+        };
+        let bytes = buf.as_ref();
+        if bytes.len() < data_start + data_len {
+            return Err(corrupt(format!(
+                "block {} of {} lies beyond the end of the file",
+                addr.slot,
+                addr.class.file_name()
+            )));
+        }
+        let data = &bytes[data_start..data_start + data_len];
+        let key = UnitKey::new(chunk, state.serial);
+        let rel_start = (offset - u0 * UNIT) as usize;
+        let n = (end - offset) as usize;
+        let mut fold = CrcFold::new();
+        for (k, unit) in data.chunks_exact(UNIT_BYTES).enumerate() {
+            let i = u0 + k as u32;
+            let page = pages[(i / PAGE_UNITS - p0) as usize].as_ref();
+            let stored = page.and_then(|p| p.get((i % PAGE_UNITS) as usize).copied());
+            let crc = crc32c::crc32c(unit);
+            if stored != Some(crc ^ key.for_unit(i)) {
+                tracing::warn!(%chunk, unit = i, "chunk unit fails its checksum");
+                return Err(corrupt(format!(
+                    "unit {i} (chunk bytes {}..{}) fails its checksum",
+                    u64::from(i) * u64::from(UNIT),
+                    u64::from(i + 1) * u64::from(UNIT)
+                )));
+            }
+            if rel_start == 0 {
+                let unit_start = k * UNIT_BYTES;
+                if unit_start + UNIT_BYTES <= n {
+                    fold.push_unit(crc);
+                } else if unit_start < n {
+                    fold.push_bytes(&unit[..n - unit_start]);
+                }
+            }
+        }
+        outcome.crc = if rel_start == 0 {
+            fold.crc()
+        } else {
+            crc32c::crc32c(&data[rel_start..rel_start + n])
+        };
+        if offset == 0 && end == state.len && outcome.crc != state.crc {
+            return Err(corrupt(format!(
+                "units verify but the chunk checksum is {:08x}, committed {:08x}",
+                outcome.crc, state.crc
+            )));
+        }
+        outcome.start = data_start + rel_start;
+        outcome.len = n;
+        outcome.buf = Some(buf);
+        Ok(outcome)
+    }
+
+    /// Parses header pages `pa..=pb` from `bytes` into `pages` (indexed from `p0`) and caches
+    /// them, vouching only for the units of the committed length the reader saw.
+    fn fill_pages(
+        &self,
+        pages: &mut [Option<Rc<[u32]>>],
+        bytes: &[u8],
+        addr: BlockAddr,
+        (p0, pa, pb): (u32, u32, u32),
+        chunk_len: u32,
+    ) -> Result<(), String> {
+        let units = addr.class.units();
+        let valid = units_for(chunk_len);
+        let mut inner = self.shared.inner();
+        for p in pa..=pb {
+            let at = ((p - pa) * UNIT) as usize;
+            let Some(page_bytes) = bytes.get(at..at + UNIT_BYTES) else {
+                return Err(format!("header page {p} lies beyond the end of the file"));
+            };
+            let first = p * PAGE_UNITS;
+            let count = (units - first).min(PAGE_UNITS) as usize;
+            let crcs = parse_page(page_bytes, count);
+            let valid_end = valid.min(first + count as u32);
+            if valid_end > first {
+                inner.cache.insert(addr, p, crcs.clone(), valid_end, false);
+            }
+            pages[(p - p0) as usize] = Some(crcs);
+        }
+        Ok(())
+    }
+
+    /// Stages an update as the chunk's pending version (durable data, volatile metadata: a
+    /// crash forgets it). The base of a partial update is the committed content.
+    pub async fn stage(&self, request: StageRequest<D::Buf>) -> Result<StageOutcome, StoreError> {
+        self.stage_inner(request, false).await
+    }
+
+    async fn stage_inner(
+        &self,
+        request: StageRequest<D::Buf>,
+        force: bool,
+    ) -> Result<StageOutcome, StoreError> {
+        let StageRequest { chunk, version, chain_version, chunk_size, op } = request;
+        validate_chunk_size(chunk_size)?;
+        match &op {
+            UpdateOp::Write { offset, data, .. } => {
+                if data.is_empty() {
+                    return Err(StoreError::InvalidArgument("empty write".into()));
+                }
+                if u64::from(*offset) + data.len() as u64 > u64::from(chunk_size) {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "write of {} bytes at {offset} exceeds chunk size {chunk_size}",
+                        data.len()
+                    )));
+                }
+            }
+            UpdateOp::Replace { data, .. } if data.len() as u64 > u64::from(chunk_size) => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{} bytes exceed chunk size {chunk_size}",
+                    data.len()
+                )));
+            }
+            UpdateOp::Truncate { len } if *len > chunk_size => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "length {len} exceeds chunk size {chunk_size}"
+                )));
+            }
+            _ => {}
+        }
+        let shared = &*self.shared;
+        let base = {
+            let mut inner = shared.inner();
+            if let Some(why) = &inner.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            if inner.log_space_low
+                && matches!(op, UpdateOp::Write { .. } | UpdateOp::Replace { .. })
+            {
+                return Err(StoreError::NoSpace { needed_bytes: 0, free_bytes: 0 });
+            }
+            let entry = inner.chunks.entry(chunk).or_default();
+            if entry.staging || entry.committing {
+                return Ok(StageOutcome::Busy);
+            }
+            if let Some(committed) = entry.committed.filter(|c| !force && c.version >= version) {
+                return Ok(StageOutcome::AlreadyCommitted { committed: committed.version });
+            }
+            entry.staging = true;
+            entry.committed
+        };
+        let mut guard = StagingGuard {
+            shared,
+            chunk,
+            new_block: None,
+            in_place: None,
+            io_in_flight: false,
+            done: false,
+        };
+        let params = StageParams { chunk, version, chain_version, chunk_size };
+        let (change, owned) = match op {
+            UpdateOp::Remove => (Change::Delete, None),
+            UpdateOp::Truncate { len } => {
+                self.stage_truncate(&mut guard, params, base, len).await?
+            }
+            UpdateOp::Write { offset, data, crc } => {
+                self.stage_write(&mut guard, params, base, offset, data, crc, false).await?
+            }
+            UpdateOp::Replace { data, crc } => {
+                self.stage_write(&mut guard, params, base, 0, data, crc, true).await?
+            }
+        };
+        let mut inner = shared.inner();
+        guard.done = true;
+        let pending = Pending { version, chain_version, change, owned };
+        let Some(entry) = inner.chunks.get_mut(&chunk) else {
+            panic!("staging chunk {chunk} lost its entry");
+        };
+        entry.staging = false;
+        let replaced = entry.pending.replace(pending).and_then(|p| p.owned);
+        if let Some(old) = replaced {
+            inner.release_block(old);
+        }
+        Ok(StageOutcome::Staged(pending.meta()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_write(
+        &self,
+        guard: &mut StagingGuard<'_, D>,
+        params: StageParams,
+        base: Option<ChunkState>,
+        offset: u32,
+        data: ChunkBuf<D::Buf>,
+        client_crc: u32,
+        replace: bool,
+    ) -> Result<(Change, Option<BlockAddr>), StoreError> {
+        let ChunkBuf { mut buf, len } = data;
+        let n = len as u32;
+        let padded = align_up(len);
+        buf.as_mut()[len..padded].fill(0);
+        let end = offset + n;
+        let base_len = base.map_or(0, |b| b.len);
+        let new_len = if replace { n } else { base_len.max(end) };
+        let aligned = offset % UNIT == 0;
+        let (units, crc) = if aligned && len > 0 {
+            let (units, crc) = payload_crcs(&buf.as_ref()[..padded], len);
+            (Some(units), crc)
+        } else {
+            (None, crc32c::crc32c(&buf.as_ref()[..len]))
+        };
+        if crc != client_crc {
+            return Err(StoreError::ChecksumMismatch {
+                chunk: params.chunk,
+                expected: client_crc,
+                actual: crc,
+            });
+        }
+        if new_len == 0 {
+            return Ok((Change::Put(params.state(0, 0, None, 0)), None));
+        }
+        let base_block = base.and_then(|b| b.block);
+        if let (Some(b), Some(block), Some(units), false) = (base, base_block, &units, replace) {
+            if offset >= base_len
+                && base_len % UNIT == 0
+                && self.in_place_ok(block, base_len, new_len)
+            {
+                let payload = Payload { offset, buf, len: n, units: units.clone(), crc };
+                return self.append_in_place(guard, params, b, new_len, Some(payload)).await;
+            }
+        }
+        let class = choose_class(new_len, params.chunk_size, base_block);
+        if offset == 0 && (replace || n >= base_len) {
+            let Some(units) = units else { unreachable!("offset 0 is aligned") };
+            return self.write_new_block(guard, params, class, buf, &units, new_len, crc).await;
+        }
+        // Merge into a fresh copy of the committed content.
+        let mut content = self.shared.device.alloc_buf(align_up(new_len as usize));
+        content.as_mut().fill(0);
+        if let Some(b) = base.filter(|b| b.len > 0) {
+            let read = self.read_state(params.chunk, b, 0, b.len).await?;
+            content.as_mut()[..b.len as usize].copy_from_slice(read.data());
+        }
+        content.as_mut()[offset as usize..end as usize].copy_from_slice(&buf.as_ref()[..len]);
+        drop(buf);
+        let (units, crc) = payload_crcs(content.as_ref(), new_len as usize);
+        self.write_new_block(guard, params, class, content, &units, new_len, crc).await
+    }
+
+    async fn stage_truncate(
+        &self,
+        guard: &mut StagingGuard<'_, D>,
+        params: StageParams,
+        base: Option<ChunkState>,
+        len: u32,
+    ) -> Result<(Change, Option<BlockAddr>), StoreError> {
+        let base = base.filter(|b| b.block.is_some());
+        let Some(b) = base else {
+            if len == 0 {
+                return Ok((Change::Put(params.state(0, 0, None, 0)), None));
+            }
+            let mut content = self.shared.device.alloc_buf(align_up(len as usize));
+            content.as_mut().fill(0);
+            let units = vec![crc32c::crc32c(&ZERO_UNIT); units_for(len) as usize];
+            let class = choose_class(len, params.chunk_size, None);
+            return self
+                .write_new_block(guard, params, class, content, &units, len, zeros_crc(len.into()))
+                .await;
+        };
+        let Some(block) = b.block else { unreachable!("filtered above") };
+        if len == b.len {
+            return Ok((Change::Put(params.state(len, b.crc, b.block, b.serial)), None));
+        }
+        if len == 0 {
+            return Ok((Change::Put(params.state(0, 0, None, 0)), None));
+        }
+        if len < b.len {
+            // Same block, shorter: bytes past the end stay on disk but are never read; an
+            // in-place extension later only starts at a unit boundary past them.
+            let read = self.read_state(params.chunk, b, 0, len).await?;
+            return Ok((Change::Put(params.state(len, read.crc, b.block, b.serial)), None));
+        }
+        if b.len % UNIT == 0 && self.in_place_ok(block, b.len, len) {
+            return self.append_in_place(guard, params, b, len, None).await;
+        }
+        let mut content = self.shared.device.alloc_buf(align_up(len as usize));
+        content.as_mut().fill(0);
+        let read = self.read_state(params.chunk, b, 0, b.len).await?;
+        content.as_mut()[..b.len as usize].copy_from_slice(read.data());
+        drop(read);
+        let (units, crc) = payload_crcs(content.as_ref(), len as usize);
+        let class = choose_class(len, params.chunk_size, Some(block));
+        self.write_new_block(guard, params, class, content, &units, len, crc).await
+    }
+
+    /// Whether `[base_len, new_len)` may be written into the committed block itself: it fits,
+    /// no cancelled IO may still hit the block, and no reader reads past `base_len`.
+    fn in_place_ok(&self, block: BlockAddr, base_len: u32, new_len: u32) -> bool {
+        let inner = self.shared.inner.borrow();
+        new_len <= block.class.data_bytes()
+            && !inner.alloc.is_tainted(block)
+            && inner.alloc.read_units_end(block) <= base_len / UNIT
+    }
+
+    /// Writes a whole new block: data units and header pages.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_new_block(
+        &self,
+        guard: &mut StagingGuard<'_, D>,
+        params: StageParams,
+        class: SizeClass,
+        data: D::Buf,
+        units: &[u32],
+        len: u32,
+        crc: u32,
+    ) -> Result<(Change, Option<BlockAddr>), StoreError> {
+        assert_eq!(units.len(), units_for(len) as usize);
+        assert_eq!(data.as_ref().len(), align_up(len as usize));
+        let addr = self.obtain_block(class).await?;
+        guard.new_block = Some(addr);
+        let serial = {
+            let mut inner = self.shared.inner();
+            let serial = inner.next_serial;
+            inner.next_serial += 1;
+            serial
+        };
+        let key = UnitKey::new(params.chunk, serial);
+        let stored: Vec<u32> =
+            units.iter().enumerate().map(|(i, c)| c ^ key.for_unit(i as u32)).collect();
+        let (header, pages) = header_pages(&stored);
+        let mut header_buf = self.shared.device.alloc_buf(header.len());
+        header_buf.as_mut().copy_from_slice(&header);
+        let file = self.shared.file(class);
+        guard.io_in_flight = true;
+        let (data_written, header_written) = futures::join!(
+            file.write_at(data, addr.unit_offset(0)),
+            file.write_at(header_buf, addr.header_page_offset(0))
+        );
+        guard.io_in_flight = false;
+        data_written.map_err(StoreError::io("writing chunk data"))?;
+        header_written.map_err(StoreError::io("writing a block header"))?;
+        let mut inner = self.shared.inner();
+        inner.dirty[class.index()] = true;
+        inner.cache.forget_block(addr, pages_for_units(class.units()));
+        let unit_count = units.len() as u32;
+        for (p, crcs) in pages.into_iter().enumerate() {
+            let p = p as u32;
+            let valid_end = unit_count.min((p + 1) * PAGE_UNITS);
+            inner.cache.insert(addr, p, crcs, valid_end, true);
+        }
+        Ok((Change::Put(params.state(len, crc, Some(addr), serial)), Some(addr)))
+    }
+
+    /// Appends to the committed block past its (unit-aligned) committed length: zero units for
+    /// any hole, the payload's units, and the header pages covering them. Readers of the
+    /// committed version never look there, and the header bytes they rely on are rewritten
+    /// with identical values.
+    async fn append_in_place(
+        &self,
+        guard: &mut StagingGuard<'_, D>,
+        params: StageParams,
+        base: ChunkState,
+        new_len: u32,
+        payload: Option<Payload<D::Buf>>,
+    ) -> Result<(Change, Option<BlockAddr>), StoreError> {
+        let Some(block) = base.block else { unreachable!("in-place needs a block") };
+        assert_eq!(base.len % UNIT, 0);
+        let first_unit = base.len / UNIT;
+        let data_unit = payload.as_ref().map_or(units_for(new_len), |p| p.offset / UNIT);
+        let end_unit = units_for(new_len);
+        let key = UnitKey::new(params.chunk, base.serial);
+        let zero_crc = crc32c::crc32c(&ZERO_UNIT);
+        let first_page = first_unit / PAGE_UNITS;
+        let page_start = first_page * PAGE_UNITS;
+        let file = self.shared.file(block.class);
+        // Checksums already in the first page, for units below the committed length.
+        let mut stored: Vec<u32> = Vec::with_capacity((end_unit - page_start) as usize);
+        if first_unit > page_start {
+            let cached = self.shared.inner().cache.get(block, first_page, first_unit);
+            let page = match cached {
+                Some(page) => page,
+                None => {
+                    let bytes = file
+                        .read_at(block.header_page_offset(first_page), UNIT_BYTES)
+                        .await
+                        .map_err(StoreError::io("reading a block header"))?;
+                    if bytes.as_ref().len() < UNIT_BYTES {
+                        return Err(StoreError::ChunkCorrupt {
+                            chunk: params.chunk,
+                            detail: "block header lies beyond the end of the file".into(),
+                        });
+                    }
+                    parse_page(bytes.as_ref(), CRCS_PER_PAGE)
+                }
+            };
+            stored.extend_from_slice(&page[..(first_unit - page_start) as usize]);
+        }
+        for i in first_unit..data_unit {
+            stored.push(zero_crc ^ key.for_unit(i));
+        }
+        if let Some(p) = &payload {
+            for (k, crc) in p.units.iter().enumerate() {
+                stored.push(crc ^ key.for_unit(data_unit + k as u32));
+            }
+        }
+        assert_eq!(stored.len(), (end_unit - page_start) as usize);
+        let (header, pages) = header_pages(&stored);
+        let mut header_buf = self.shared.device.alloc_buf(header.len());
+        header_buf.as_mut().copy_from_slice(&header);
+        let hole_units = data_unit.min(end_unit) - first_unit;
+        let hole = (hole_units > 0).then(|| {
+            let mut zeros = self.shared.device.alloc_buf((hole_units * UNIT) as usize);
+            zeros.as_mut().fill(0);
+            zeros
+        });
+        guard.in_place = Some(block);
+        guard.io_in_flight = true;
+        let write_hole = async {
+            match hole {
+                Some(zeros) => file.write_at(zeros, block.unit_offset(first_unit)).await,
+                None => Ok(()),
+            }
+        };
+        let (payload_buf, payload_meta) = match payload {
+            Some(Payload { offset, buf, len, crc, .. }) => (Some((buf, offset)), Some((len, crc))),
+            None => (None, None),
+        };
+        let write_payload = async {
+            match payload_buf {
+                Some((buf, offset)) => file.write_at(buf, block.unit_offset(offset / UNIT)).await,
+                None => Ok(()),
+            }
+        };
+        let (hole_written, payload_written, header_written) = futures::join!(
+            write_hole,
+            write_payload,
+            file.write_at(header_buf, block.header_page_offset(first_page))
+        );
+        guard.io_in_flight = false;
+        hole_written.map_err(StoreError::io("writing chunk data"))?;
+        payload_written.map_err(StoreError::io("writing chunk data"))?;
+        header_written.map_err(StoreError::io("writing a block header"))?;
+        // Committed bytes, then zeros up to the payload (or the new end), then the payload.
+        let zeros_end = match payload_meta {
+            Some(_) => data_unit * UNIT,
+            None => new_len,
+        };
+        let hole_bytes = u64::from(zeros_end - base.len);
+        let mut new_crc = combine(base.crc, zeros_crc(hole_bytes), hole_bytes);
+        if let Some((len, crc)) = payload_meta {
+            new_crc = combine(new_crc, crc, u64::from(len));
+        }
+        let mut inner = self.shared.inner();
+        inner.dirty[block.class.index()] = true;
+        for (k, crcs) in pages.into_iter().enumerate() {
+            let p = first_page + k as u32;
+            let valid_end = end_unit.min((p + 1) * PAGE_UNITS);
+            inner.cache.insert(block, p, crcs, valid_end, true);
+        }
+        Ok((Change::Put(params.state(new_len, new_crc, Some(block), base.serial)), None))
+    }
+
+    /// Obtains a free block of `class`, growing or reclaiming space as needed.
+    async fn obtain_block(&self, class: SizeClass) -> Result<BlockAddr, StoreError> {
+        let stride = class.stride_bytes();
+        let file = self.shared.file(class);
+        for _ in 0..ALLOC_ATTEMPTS_MAX {
+            let grant = self.shared.inner().alloc.grant(class);
+            match grant {
+                Grant::Ready(addr) => return Ok(addr),
+                Grant::Back(addr) => {
+                    let result = file.allocate(addr.offset(), stride).await;
+                    let mut inner = self.shared.inner();
+                    return match result {
+                        Ok(()) => {
+                            inner.alloc.backed(addr);
+                            Ok(addr)
+                        }
+                        Err(e) => {
+                            inner.alloc.backing_failed(addr);
+                            Err(StoreError::io("allocating block space")(e))
+                        }
+                    };
+                }
+                Grant::Grow { first, slots } => {
+                    let result = file.allocate(first.offset(), u64::from(slots) * stride).await;
+                    let mut inner = self.shared.inner();
+                    match result {
+                        Ok(()) => {
+                            inner.alloc.grown(first, slots);
+                            return Ok(first);
+                        }
+                        Err(e) => {
+                            inner.alloc.growth_failed(first, slots);
+                            let no_space = e.raw_os_error() == Some(libc::ENOSPC);
+                            if !(no_space && slots > 1) {
+                                return Err(StoreError::io("growing a block file")(e));
+                            }
+                            // Retry one slot at a time.
+                        }
+                    }
+                }
+                Grant::Reclaim(victims) => {
+                    for victim in victims {
+                        let victim_file = self.shared.file(victim.class);
+                        let stride = victim.class.stride_bytes();
+                        if let Err(e) = victim_file.punch_hole(victim.offset(), stride).await {
+                            tracing::warn!(?victim, error = %e, "punching a free block failed");
+                            self.shared.inner().alloc.punch_failed(victim);
+                        }
+                    }
+                }
+                Grant::NoSpace { needed_bytes, free_bytes } => {
+                    return Err(StoreError::NoSpace { needed_bytes, free_bytes });
+                }
+            }
+        }
+        let free_bytes = self.space().free_bytes();
+        Err(StoreError::NoSpace { needed_bytes: stride, free_bytes })
+    }
+
+    /// Commits the staged version `version` of a chunk: one log record, durable on return.
+    pub async fn commit(
+        &self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<CommitOutcome, StoreError> {
+        let (ticket, change) = {
+            let mut inner = self.shared.inner();
+            if let Some(why) = &inner.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            let Some(entry) = inner.chunks.get_mut(&chunk) else {
+                return Ok(CommitOutcome::NotStaged);
+            };
+            if entry.staging || entry.committing {
+                return Ok(CommitOutcome::Busy);
+            }
+            let committed = entry.committed.map(|c| c.version).filter(|v| *v >= version);
+            let pending = match entry.pending {
+                Some(p) if p.version == version => p,
+                Some(p) => {
+                    return Ok(match committed {
+                        Some(committed) => CommitOutcome::AlreadyCommitted { committed },
+                        None => CommitOutcome::VersionMismatch { pending: p.version },
+                    });
+                }
+                None => {
+                    return Ok(match committed {
+                        Some(committed) => CommitOutcome::AlreadyCommitted { committed },
+                        None => CommitOutcome::NotStaged,
+                    });
+                }
+            };
+            entry.pending = None;
+            entry.committing = true;
+            (inner.enqueue(chunk, pending.change), pending.change)
+        };
+        self.wait_applied(ticket).await?;
+        Ok(CommitOutcome::Committed(match change {
+            Change::Put(state) => Some(committed_meta(&state)),
+            Change::Delete => None,
+        }))
+    }
+
+    /// Stage and commit in one step (a chain's tail, or a store without replication).
+    pub async fn update(&self, request: StageRequest<D::Buf>) -> Result<UpdateOutcome, StoreError> {
+        let (chunk, version) = (request.chunk, request.version);
+        self.stage_then_commit(request, false, chunk, version).await
+    }
+
+    /// Installs a full chunk at exactly `version`, whatever the local state (resync).
+    pub async fn install(
+        &self,
+        request: StageRequest<D::Buf>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        if !matches!(request.op, UpdateOp::Replace { .. }) {
+            return Err(StoreError::InvalidArgument("install takes a full-chunk replace".into()));
+        }
+        let (chunk, version) = (request.chunk, request.version);
+        self.stage_then_commit(request, true, chunk, version).await
+    }
+
+    async fn stage_then_commit(
+        &self,
+        request: StageRequest<D::Buf>,
+        force: bool,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<UpdateOutcome, StoreError> {
+        match self.stage_inner(request, force).await? {
+            StageOutcome::Busy => Ok(UpdateOutcome::Busy),
+            StageOutcome::AlreadyCommitted { committed } => {
+                Ok(UpdateOutcome::AlreadyCommitted { committed })
+            }
+            StageOutcome::Staged(_) => match self.commit(chunk, version).await? {
+                CommitOutcome::Committed(meta) => Ok(UpdateOutcome::Committed(meta)),
+                CommitOutcome::AlreadyCommitted { committed } => {
+                    Ok(UpdateOutcome::AlreadyCommitted { committed })
+                }
+                // Another caller committed, aborted or replaced our stage in between.
+                CommitOutcome::Busy
+                | CommitOutcome::NotStaged
+                | CommitOutcome::VersionMismatch { .. } => Ok(UpdateOutcome::Busy),
+            },
+        }
+    }
+
+    /// Drops a staged version. Returns whether one was dropped.
+    pub fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> bool {
+        let mut inner = self.shared.inner();
+        let Some(entry) = inner.chunks.get_mut(&chunk) else { return false };
+        if entry.staging || entry.pending.map(|p| p.version) != Some(version) {
+            return false;
+        }
+        let owned = entry.pending.take().and_then(|p| p.owned);
+        if entry.is_empty() {
+            inner.chunks.remove(&chunk);
+        }
+        if let Some(block) = owned {
+            inner.release_block(block);
+        }
+        true
+    }
+
+    /// Removes the chunks of `inode` with index in `indexes` (committed and staged alike), at
+    /// most [`REMOVE_RANGE_MAX`] per call; durable on return.
+    pub async fn remove_range(
+        &self,
+        inode: InodeId,
+        indexes: Range<u64>,
+    ) -> Result<RemoveRangeOutcome, StoreError> {
+        let mut outcome = RemoveRangeOutcome { removed: 0, busy: Vec::new(), resume_from: None };
+        if indexes.is_empty() {
+            return Ok(outcome);
+        }
+        let last_ticket = {
+            let mut inner = self.shared.inner();
+            if let Some(why) = &inner.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            let range = (
+                Bound::Included(ChunkId::new(inode, indexes.start)),
+                Bound::Excluded(ChunkId::new(inode, indexes.end)),
+            );
+            let chunks: Vec<ChunkId> =
+                inner.chunks.range(range).map(|(c, _)| *c).take(REMOVE_RANGE_MAX + 1).collect();
+            let mut last_ticket = None;
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                if i == REMOVE_RANGE_MAX {
+                    outcome.resume_from = Some(chunk.index);
+                    break;
+                }
+                let Some(entry) = inner.chunks.get_mut(&chunk) else { continue };
+                if entry.staging || entry.committing {
+                    outcome.busy.push(chunk);
+                    continue;
+                }
+                let owned = entry.pending.take().and_then(|p| p.owned);
+                let has_committed = entry.committed.is_some();
+                if has_committed {
+                    entry.committing = true;
+                } else {
+                    inner.chunks.remove(&chunk);
+                }
+                if let Some(block) = owned {
+                    inner.release_block(block);
+                }
+                if has_committed {
+                    last_ticket = Some(inner.enqueue(chunk, Change::Delete));
+                    outcome.removed += 1;
+                }
+            }
+            last_ticket
+        };
+        if let Some(ticket) = last_ticket {
+            self.wait_applied(ticket).await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn wait_applied(&self, ticket: u64) -> Result<(), StoreError> {
+        poll_fn(|cx| {
+            let mut inner = self.shared.inner();
+            if inner.applied_through > ticket {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(why) = &inner.failed {
+                return Poll::Ready(Err(StoreError::Failed(why.clone())));
+            }
+            if inner.flusher_done {
+                return Poll::Ready(Err(StoreError::Failed("the store is closed".into())));
+            }
+            inner.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Writes the log until every queued commit is durable, then stops the flusher.
+    pub async fn close(self) -> Result<(), StoreError> {
+        {
+            let mut inner = self.shared.inner();
+            inner.closing = true;
+            inner.wake_flusher();
+        }
+        poll_fn(|cx| {
+            let mut inner = self.shared.inner();
+            if inner.flusher_done {
+                return Poll::Ready(());
+            }
+            inner.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        match self.failure() {
+            Some(why) => Err(StoreError::Failed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps one log extent of zeros ahead of the tail (appends then overwrite allocated space).
+    async fn extend_log(&self) {
+        let (file, start, len) = {
+            let inner = self.shared.inner();
+            let extent = self.shared.config.log_extent_bytes;
+            if inner.failed.is_some() || inner.zeroed_end >= inner.tail.pos + extent / 2 {
+                return;
+            }
+            let start = inner.zeroed_end.max(align_up(inner.tail.pos as usize) as u64);
+            (inner.log_file.clone(), start, extent)
+        };
+        let mut zeros = self.shared.device.alloc_buf(len as usize);
+        zeros.as_mut().fill(0);
+        let result = file.write_at(zeros, start).await;
+        let mut inner = self.shared.inner();
+        if !Rc::ptr_eq(&file, &inner.log_file) {
+            return; // the log was switched meanwhile
+        }
+        match result {
+            Ok(()) => {
+                inner.zeroed_end = inner.zeroed_end.max(start + len);
+                inner.log_space_low = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if !inner.log_space_low {
+                    tracing::warn!("metadata log cannot grow: file system full; refusing writes");
+                }
+                inner.log_space_low = true;
+            }
+            Err(e) => inner.fail(format!("zero-filling the metadata log: {e}")),
+        }
+    }
+}
+
+struct Payload<B> {
+    offset: u32,
+    buf: B,
+    len: u32,
+    units: Vec<u32>,
+    crc: u32,
+}
+
+enum Work {
+    Batch,
+    StartCompaction,
+    Compact,
+    Exit,
+}
+
+impl<D: Device> Flusher<D> {
+    /// Runs until the store is closed (or fails and is closed).
+    pub async fn run(self) {
+        let store = ChunkStore { shared: self.shared };
+        loop {
+            let work = poll_fn(|cx| {
+                let mut inner = store.shared.inner();
+                if inner.failed.is_some() {
+                    // Nothing more can be made durable: let every waiter see the failure.
+                    return Poll::Ready(Work::Exit);
+                } else if !inner.queue.is_empty() {
+                    return Poll::Ready(Work::Batch);
+                } else if inner.compaction.is_some() {
+                    return Poll::Ready(Work::Compact);
+                } else if inner.compaction_requested {
+                    return Poll::Ready(Work::StartCompaction);
+                } else if inner.closing {
+                    return Poll::Ready(Work::Exit);
+                }
+                inner.flusher_waker = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            match work {
+                Work::Exit => break,
+                Work::Batch => {
+                    store.flush_batch().await;
+                    store.extend_log().await;
+                    store.maybe_start_compaction().await;
+                    // One compaction step per batch: compaction progresses under load.
+                    store.compaction_step().await;
+                }
+                Work::StartCompaction => store.maybe_start_compaction().await,
+                Work::Compact => store.compaction_step().await,
+            }
+        }
+        let mut inner = store.shared.inner();
+        inner.flusher_done = true;
+        inner.wake_waiters();
+    }
+}
+
+impl<D: Device> ChunkStore<D> {
+    /// One group commit: sync dirty block files, append the queued records, sync the log,
+    /// apply, wake the committers.
+    async fn flush_batch(&self) {
+        let (items, records, log_file, offset, bytes, new_tail, sync_classes) = {
+            let mut inner = self.shared.inner();
+            let take = inner.queue.len().min(self.shared.config.commit_batch_records_max as usize);
+            let items: Vec<QueueItem> = inner.queue.drain(..take).collect();
+            let mut records = Vec::with_capacity(items.len());
+            let mut encoded = Vec::with_capacity(items.len() * RECORD_BYTES);
+            for item in &items {
+                let seq = inner.next_seq;
+                inner.next_seq += 1;
+                let record = match item.change {
+                    Change::Put(state) => Record::Put { seq, chunk: item.chunk, state },
+                    Change::Delete => Record::Delete { seq, chunk: item.chunk },
+                };
+                encoded.extend_from_slice(&format::encode(&record, inner.generation));
+                records.push(record);
+            }
+            let (offset, bytes, new_tail) = inner.tail.prepare(&encoded);
+            let sync_classes: Vec<SizeClass> =
+                SizeClass::ALL.into_iter().filter(|c| inner.dirty[c.index()]).collect();
+            inner.dirty = [false; CLASS_COUNT];
+            (items, records, inner.log_file.clone(), offset, bytes, new_tail, sync_classes)
+        };
+        if items.is_empty() {
+            return;
+        }
+        let device = &self.shared.device;
+        // Data before the records that point at it.
+        let synced = futures::future::join_all(
+            sync_classes.iter().map(|c| self.shared.file(*c).sync_data()),
+        )
+        .await;
+        if let Some(e) = synced.into_iter().find_map(Result::err) {
+            self.shared.inner().fail(format!("syncing block files before a commit: {e}"));
+            return;
+        }
+        if let Err(e) = journal::write_bytes(device, &log_file, offset, &bytes).await {
+            self.shared.inner().fail(format!("writing the metadata log: {e}"));
+            return;
+        }
+        if let Err(e) = log_file.sync_data().await {
+            self.shared.inner().fail(format!("syncing the metadata log: {e}"));
+            return;
+        }
+        let mut inner = self.shared.inner();
+        inner.tail = new_tail;
+        let aligned_end = align_up(inner.tail.pos as usize) as u64;
+        inner.zeroed_end = inner.zeroed_end.max(aligned_end);
+        for item in &items {
+            inner.apply(item);
+        }
+        inner.applied_through = items.last().map_or(inner.applied_through, |i| i.ticket + 1);
+        inner.stats.commit_batches += 1;
+        inner.stats.commit_records += items.len() as u64;
+        if let Some(compaction) = inner.compaction.as_mut() {
+            compaction.committed.extend(records);
+        }
+        inner.wake_waiters();
+    }
+
+    /// Starts a compaction when the log has grown enough (or one was requested). Runs in the
+    /// flusher between batches, so the checkpoint's base seq is exactly the durable one.
+    async fn maybe_start_compaction(&self) {
+        let (generation, base_seq) = {
+            let mut inner = self.shared.inner();
+            let live_bytes = inner.chunks.len() as u64 * RECORD_BYTES as u64;
+            let threshold = self.shared.config.log_compaction_bytes_min.max(2 * live_bytes);
+            let requested = std::mem::take(&mut inner.compaction_requested);
+            let due = inner.tail.pos >= threshold && inner.tail.pos >= inner.compaction_retry_pos;
+            if inner.compaction.is_some()
+                || inner.failed.is_some()
+                || inner.closing
+                || !(due || requested)
+            {
+                if requested && inner.compaction.is_none() {
+                    inner.wake_waiters();
+                }
+                return;
+            }
+            let generation = inner.next_generation;
+            inner.next_generation += 1;
+            (generation, inner.next_seq - 1)
+        };
+        let name = format::log_file_name(generation);
+        let opened = match self.shared.device.open(&name, true).await {
+            Ok(file) => file.set_len(0).await.map(|()| file),
+            Err(e) => Err(e),
+        };
+        let mut inner = self.shared.inner();
+        match opened {
+            Ok(file) => {
+                tracing::info!(
+                    generation,
+                    log_bytes = inner.tail.pos,
+                    "compacting the metadata log"
+                );
+                inner.compaction = Some(Compaction {
+                    file: Rc::new(file),
+                    name,
+                    writer: CheckpointWriter::new(generation, base_seq),
+                    cursor: None,
+                    scanned: false,
+                    committed: Vec::new(),
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a log compaction");
+                inner.compaction_retry_pos =
+                    inner.tail.pos + self.shared.config.log_compaction_bytes_min;
+                inner.wake_waiters();
+            }
+        }
+    }
+
+    /// Writes one slice of the checkpoint, or finishes it and switches logs.
+    async fn compaction_step(&self) {
+        let Some((file, scanned)) = ({
+            let inner = self.shared.inner();
+            inner.compaction.as_ref().map(|c| (c.file.clone(), c.scanned))
+        }) else {
+            return;
+        };
+        let device = &self.shared.device;
+        if !scanned {
+            let (bytes, mut writer) = {
+                let mut inner = self.shared.inner();
+                let inner = &mut *inner;
+                let Some(compaction) = inner.compaction.as_mut() else { return };
+                let start = match compaction.cursor {
+                    Some(c) => Bound::Excluded(c),
+                    None => Bound::Unbounded,
+                };
+                let mut entries = Vec::with_capacity(COMPACTION_SLICE_ENTRIES);
+                let mut scanned_all = true;
+                for (chunk, entry) in inner.chunks.range((start, Bound::Unbounded)) {
+                    if entries.len() == COMPACTION_SLICE_ENTRIES {
+                        scanned_all = false;
+                        break;
+                    }
+                    compaction.cursor = Some(*chunk);
+                    if let Some(state) = &entry.committed {
+                        entries.push((*chunk, *state));
+                    }
+                }
+                compaction.scanned = scanned_all;
+                let bytes = compaction.writer.encode_entries(entries.iter().map(|(c, s)| (c, s)));
+                // The writer's tail moves with the write; take it out for the await.
+                let writer = std::mem::replace(&mut compaction.writer, CheckpointWriter::new(0, 0));
+                (bytes, writer)
+            };
+            let result = writer.write(device, &file, &bytes).await;
+            let mut inner = self.shared.inner();
+            if let Some(compaction) = inner.compaction.as_mut() {
+                compaction.writer = writer;
+            }
+            if let Err(e) = result {
+                drop(inner);
+                self.abort_compaction(e).await;
+            }
+            return;
+        }
+        // Finish: the records committed meanwhile, sync, end marker, sync, directory sync.
+        let (mut writer, bytes, next_serial, name) = {
+            let mut inner = self.shared.inner();
+            let next_serial = inner.next_serial;
+            let Some(compaction) = inner.compaction.as_mut() else { return };
+            let committed = std::mem::take(&mut compaction.committed);
+            let bytes = compaction.writer.encode_committed(&committed);
+            let writer = std::mem::replace(&mut compaction.writer, CheckpointWriter::new(0, 0));
+            (writer, bytes, next_serial, compaction.name.clone())
+        };
+        if let Err(e) = writer.write(device, &file, &bytes).await {
+            self.abort_compaction(e).await;
+            return;
+        }
+        if let Err(e) = writer.finish(device, &file, next_serial).await {
+            // The end marker may be durable: this file may now win at the next open, so no
+            // commit may go to the old log any more.
+            self.shared.inner().fail(format!("finishing a log compaction: {e}"));
+            return;
+        }
+        let old_name = {
+            let mut inner = self.shared.inner();
+            let old = format::log_file_name(inner.generation);
+            inner.compaction = None;
+            inner.log_file = file;
+            inner.generation = writer.generation;
+            inner.tail = writer.tail.clone();
+            inner.zeroed_end = align_up(inner.tail.pos as usize) as u64;
+            inner.stats.compactions += 1;
+            inner.stats.log_generation = writer.generation;
+            inner.wake_waiters();
+            tracing::info!(generation = writer.generation, log_bytes = inner.tail.pos, log = %name, "metadata log compacted");
+            old
+        };
+        if let Err(e) = self.shared.device.remove(&old_name).await {
+            tracing::warn!(log = %old_name, error = %e, "removing the old metadata log failed");
+        }
+        self.extend_log().await;
+    }
+
+    async fn abort_compaction(&self, error: std::io::Error) {
+        let name = {
+            let mut inner = self.shared.inner();
+            tracing::warn!(error = %error, "log compaction failed; will retry later");
+            inner.compaction_retry_pos =
+                inner.tail.pos + self.shared.config.log_compaction_bytes_min;
+            inner.wake_waiters();
+            inner.compaction.take().map(|c| c.name)
+        };
+        if let Some(name) = name {
+            // Without its end marker the file is ignored at open anyway.
+            let _ = self.shared.device.remove(&name).await;
+        }
+    }
+
+    /// Compacts the metadata log now (tests and tools); returns when the new log is in use.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        let before = {
+            let mut inner = self.shared.inner();
+            inner.compaction_requested = true;
+            inner.wake_flusher();
+            inner.stats.compactions
+        };
+        poll_fn(|cx| {
+            let mut inner = self.shared.inner();
+            if let Some(why) = &inner.failed {
+                return Poll::Ready(Err(StoreError::Failed(why.clone())));
+            }
+            if inner.stats.compactions > before {
+                return Poll::Ready(Ok(()));
+            }
+            if inner.flusher_done {
+                return Poll::Ready(Err(StoreError::Failed("the store is closed".into())));
+            }
+            if !inner.compaction_requested && inner.compaction.is_none() {
+                return Poll::Ready(Err(StoreError::Io {
+                    op: "compacting the metadata log",
+                    source: std::io::Error::other("the compaction could not start; see the log"),
+                }));
+            }
+            inner.waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
