@@ -12,9 +12,36 @@
 //!
 //! Callers run transactions through [`retry::run`], which retries conflicts with a bounded
 //! backoff.
+//!
+//! Backends:
+//! - [`MemoryKv`]: multi-versioned in-memory store, for tests and simulation.
+//! - [`FjallKv`]: the default, an embedded durable store on fjall with group commit.
+//! - `fdb::FdbKv` (feature `fdb`): FoundationDB through the `foundationdb` crate.
+//!
+//! [`config::open`] opens the backend a [`KvConfig`] names.
+//!
+//! The memory and embedded backends share one implementation of read-your-writes, conflict
+//! tracking and limits (`buffer`, `ranges`, `optimistic`), so they cannot drift apart; the
+//! [`conformance`] suite (feature `conformance`) holds every backend to the same behaviour.
+//! Design note: `docs/design/kv.md`.
 
 use async_trait::async_trait;
 use r3fs_types::ErrorCode;
+
+mod buffer;
+pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod embedded;
+pub mod memory;
+mod optimistic;
+mod ranges;
+pub mod retry;
+
+pub use config::{KvConfig, open};
+pub use embedded::{Durability, FjallConfig, FjallKv};
+pub use memory::{MemoryConfig, MemoryKv};
+pub use retry::{RetryPolicy, Retryable};
 
 /// FoundationDB's limits, enforced by every backend.
 pub const KEY_SIZE_MAX: usize = 10_000;
