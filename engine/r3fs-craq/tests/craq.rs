@@ -1,0 +1,440 @@
+//! CRAQ replica behaviour: step-by-step cases on a hand-driven chain, then seeded simulations with
+//! random interleavings, faults and chain changes. Every simulation prints its seed first.
+
+mod harness;
+
+use harness::*;
+use r3fs_craq::{
+    ChunkStore, Input, Output, PeerMessage, ReadOutcome, RefuseReason, Update, WriteOutcome,
+};
+use r3fs_types::{ChainVersion, ChunkVersion, ErrorCode, PublicTargetState::*};
+
+fn committed(outcome: Option<WriteOutcome>) -> r3fs_craq::WriteOk {
+    match outcome {
+        Some(WriteOutcome::Committed(ok)) => ok,
+        other => panic!("expected a committed write, got {other:?}"),
+    }
+}
+
+fn refused_code(outcome: &ReadOutcome) -> Option<ErrorCode> {
+    match outcome {
+        ReadOutcome::Refused(r) => Some(r.code),
+        ReadOutcome::Data(_) => None,
+    }
+}
+
+fn data(outcome: &ReadOutcome) -> (ChunkVersion, Vec<u8>) {
+    match outcome {
+        ReadOutcome::Data(ok) => (ok.version, ok.data.to_vec()),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+#[test]
+fn write_through_head_reads_back_from_every_replica() {
+    let mut m = Manual::new(3);
+    let c = chunk(1);
+    let t =
+        m.write(target(1), 1, c, Update::Write { offset_bytes: 3, data: bytes(b"abc") }, tag(1, 1));
+    m.deliver_all();
+    let ok = committed(m.take_write(t));
+    assert_eq!(ok.version, ChunkVersion(1));
+    for r in 1..=3 {
+        assert_eq!(data(&m.read(target(r), 1, c)), (ChunkVersion(1), b"\0\0\0abc".to_vec()));
+    }
+}
+
+#[test]
+fn stale_chain_versions_are_refused_with_the_current_one() {
+    let mut m = Manual::new(2);
+    let routing = r3fs_craq::ChainRouting {
+        chain: CHAIN,
+        chain_version: ChainVersion(5),
+        targets: vec![
+            r3fs_craq::ChainTarget { target: target(1), state: Serving },
+            r3fs_craq::ChainTarget { target: target(2), state: Serving },
+        ],
+    };
+    m.handle(target(1), Input::Routing(routing.clone()));
+    m.handle(target(2), Input::Routing(routing));
+    let c = chunk(1);
+    let t = m.write(target(1), 4, c, Update::Truncate { length_bytes: 1 }, tag(1, 1));
+    match m.take_write(t) {
+        Some(WriteOutcome::Refused(r)) => {
+            assert_eq!((r.code, r.chain_version), (ErrorCode::StaleChainVersion, ChainVersion(5)))
+        }
+        other => panic!("{other:?}"),
+    }
+    let read = m.read(target(2), 6, c);
+    assert!(
+        matches!(read, ReadOutcome::Refused(r) if r.code == ErrorCode::StaleChainVersion && r.chain_version == ChainVersion(5))
+    );
+    let t = m.write(target(2), 5, c, Update::Truncate { length_bytes: 1 }, tag(1, 1));
+    assert!(
+        matches!(m.take_write(t), Some(WriteOutcome::Refused(r)) if r.code == ErrorCode::NotHead)
+    );
+
+    // A forwarded update at another chain version is refused with the receiver's version.
+    let t = m.write(target(1), 5, c, Update::Truncate { length_bytes: 2 }, tag(1, 1));
+    let (from, to, PeerMessage::Update(mut update)) = m.messages.pop_front().expect("forwarded")
+    else {
+        panic!("expected an update")
+    };
+    update.chain_version = ChainVersion(4);
+    m.handle(to, Input::Peer { from, message: PeerMessage::Update(update) });
+    match m.messages.pop_front() {
+        Some((_, _, PeerMessage::Refused(r))) => {
+            assert_eq!(
+                (r.reason, r.chain_version),
+                (RefuseReason::StaleChainVersion, ChainVersion(5))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // The head resends on its timer and the write completes.
+    m.handle(target(1), Input::Tick { now_ms: 10_000 });
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(1));
+}
+
+#[test]
+fn a_chunk_with_a_pending_version_is_never_served() {
+    let mut m = Manual::new(2);
+    let (head, tail, c) = (target(1), target(2), chunk(1));
+    let t = m.write(head, 1, c, Update::Replace { data: bytes(b"one") }, tag(1, 1));
+    m.deliver_all();
+    committed(m.take_write(t));
+
+    // v2 is pending at the head, not yet forwarded: the head refuses, the tail serves v1.
+    let t = m.write(head, 1, c, Update::Replace { data: bytes(b"two") }, tag(1, 2));
+    assert_eq!(refused_code(&m.read(head, 1, c)), Some(ErrorCode::ChunkNotCommitted));
+    assert_eq!(data(&m.read(tail, 1, c)), (ChunkVersion(1), b"one".to_vec()));
+
+    // The tail writes its pending copy but has not committed: it refuses too.
+    m.hold_storage.insert(tail);
+    m.deliver_one();
+    assert!(m.complete_one(tail), "get meta");
+    assert!(m.complete_one(tail), "write pending");
+    assert_eq!(refused_code(&m.read_held(tail, c)), Some(ErrorCode::ChunkNotCommitted));
+    assert!(m.complete_one(tail), "commit");
+    m.hold_storage.remove(&tail);
+
+    // Committed at the tail, the ack not yet at the head: the tail serves v2, the head refuses.
+    assert_eq!(data(&m.read(tail, 1, c)), (ChunkVersion(2), b"two".to_vec()));
+    assert_eq!(refused_code(&m.read(head, 1, c)), Some(ErrorCode::ChunkNotCommitted));
+    assert!(m.take_write(t).is_none(), "no answer before the head commits");
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(2));
+    assert_eq!(data(&m.read(head, 1, c)), (ChunkVersion(2), b"two".to_vec()));
+}
+
+trait ReadHeld {
+    fn read_held(&mut self, t: r3fs_types::TargetId, c: r3fs_types::ChunkId) -> ReadOutcome;
+}
+
+impl ReadHeld for Manual {
+    /// A read on a target whose storage is held: completes just the read's op.
+    fn read_held(&mut self, t: r3fs_types::TargetId, c: r3fs_types::ChunkId) -> ReadOutcome {
+        let token = self.token();
+        let request = r3fs_craq::ReadRequest {
+            chain: CHAIN,
+            chain_version: ChainVersion(1),
+            chunk: c,
+            offset_bytes: 0,
+            length_bytes: CHUNK_SIZE_MAX,
+        };
+        self.handle(t, Input::ClientRead { token, request });
+        let ops = self.held.get_mut(&t).expect("held");
+        let (op, request) = ops.pop().expect("the read op is the newest");
+        let result = r3fs_craq::execute(&mut self.nodes.get_mut(&t).expect("node").1, &request);
+        self.handle(t, Input::StorageDone { op, result });
+        self.take_read(token).expect("answered")
+    }
+}
+
+#[test]
+fn retried_writes_apply_once() {
+    let mut m = Manual::new(3);
+    let c = chunk(1);
+    let update = Update::Write { offset_bytes: 0, data: bytes(b"x") };
+    // The original and two retries while it is in flight: one update, three identical answers.
+    let t1 = m.write(target(1), 1, c, update.clone(), tag(7, 1));
+    let t2 = m.write(target(1), 1, c, update.clone(), tag(7, 1));
+    m.deliver_one();
+    let t3 = m.write(target(1), 1, c, update.clone(), tag(7, 1));
+    m.deliver_all();
+    let ok = committed(m.take_write(t1));
+    assert_eq!(committed(m.take_write(t2)), ok);
+    assert_eq!(committed(m.take_write(t3)), ok);
+    // A retry after the commit is answered from the dedup table.
+    let t4 = m.write(target(1), 1, c, update.clone(), tag(7, 1));
+    assert_eq!(committed(m.take_write(t4)), ok);
+    assert!(m.messages.is_empty(), "nothing forwarded for a duplicate");
+    for r in 1..=3 {
+        assert_eq!(
+            r3fs_craq::ChunkStore::meta(&m.nodes[&target(r)].1, c).expect("meta").committed.version,
+            ChunkVersion(1)
+        );
+    }
+    // Once the channel moved on, the old write is a superseded duplicate.
+    let t5 = m.write(target(1), 1, c, update.clone(), tag(7, 2));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t5)).version, ChunkVersion(2));
+    let t6 = m.write(target(1), 1, c, update, tag(7, 1));
+    assert!(
+        matches!(m.take_write(t6), Some(WriteOutcome::Refused(r)) if r.code == ErrorCode::InvalidArgument)
+    );
+}
+
+#[test]
+fn corrupted_payloads_are_refused_at_every_hop() {
+    let mut m = Manual::new(2);
+    let c = chunk(1);
+    let token = m.token();
+    let update = Update::Replace { data: bytes(b"data") };
+    let request = r3fs_craq::WriteRequest {
+        chain: CHAIN,
+        chain_version: ChainVersion(1),
+        chunk: c,
+        payload_checksum: update.payload_checksum() ^ 1,
+        update: update.clone(),
+        tag: tag(1, 1),
+    };
+    m.handle(target(1), Input::ClientWrite { token, request });
+    assert!(
+        matches!(m.take_write(token), Some(WriteOutcome::Refused(r)) if r.code == ErrorCode::ChecksumMismatch)
+    );
+
+    let t = m.write(target(1), 1, c, update, tag(1, 1));
+    let (from, to, PeerMessage::Update(mut forwarded)) = m.messages.pop_front().expect("forwarded")
+    else {
+        panic!("expected an update")
+    };
+    forwarded.update = Update::Replace { data: bytes(b"dat!") };
+    m.handle(to, Input::Peer { from, message: PeerMessage::Update(forwarded) });
+    assert!(matches!(
+        m.messages.front(),
+        Some((_, _, PeerMessage::Refused(r))) if r.reason == RefuseReason::ChecksumMismatch
+    ));
+    assert!(m.nodes[&target(2)].1.meta(c).expect("meta").is_absent(), "nothing applied");
+    m.deliver_all();
+    m.handle(target(1), Input::Tick { now_ms: 10_000 });
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(1));
+
+    // A chunk corrupted on disk is refused on read and reported.
+    assert!(m.nodes.get_mut(&target(2)).expect("node").1.corrupt_committed(c));
+    assert_eq!(refused_code(&m.read(target(2), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    assert!(
+        m.replies.iter().any(|(_, o)| matches!(o, Output::ChunkCorrupt { chunk } if *chunk == c))
+    );
+}
+
+#[test]
+fn a_restarted_head_resolves_pending_versions_without_a_client_retry() {
+    let mut m = Manual::new(1);
+    let (head, c) = (target(1), chunk(1));
+    m.hold_storage.insert(head);
+    m.write(head, 1, c, Update::Replace { data: bytes(b"pending") }, tag(1, 1));
+    assert!(m.complete_one(head), "get meta");
+    assert!(m.complete_one(head), "write pending");
+    // The process dies before the commit op runs; the store keeps the pending version.
+    m.hold_storage.remove(&head);
+    m.restart(head);
+    m.set_chain(2, &[(1, Serving)]);
+    // Nobody writes the chunk again: the new head's scan alone must roll the pending version
+    // forward, or reads would be refused forever.
+    assert_eq!(data(&m.read(head, 2, c)), (ChunkVersion(1), b"pending".to_vec()));
+    // The client's retry is recognised from the tag kept in the chunk metadata.
+    let t = m.write(head, 2, c, Update::Replace { data: bytes(b"pending") }, tag(1, 1));
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(1));
+}
+
+#[test]
+fn an_update_committing_while_the_chain_grows_reaches_the_new_successor() {
+    let mut m = Manual::new(2);
+    let (head, tail, new, c) = (target(1), target(2), target(3), chunk(1));
+    m.add_node(new);
+    m.hold_storage.insert(tail);
+    let t = m.write(head, 1, c, Update::Replace { data: bytes(b"v1") }, tag(1, 1));
+    m.deliver_one();
+    assert!(m.complete_one(tail), "get meta");
+    assert!(m.complete_one(tail), "write pending; the commit op is now held");
+    // Mgmtd adds T3 as syncing behind the tail while the tail's commit is in flight.
+    m.set_chain(2, &[(1, Serving), (2, Serving), (3, Syncing)]);
+    m.deliver_all(); // the dump request and reply; the tail's listing op is held
+    // The listing runs before the commit: it sees only the pending version, which resync skips.
+    let held = m.held[&tail].len();
+    assert_eq!(held, 2, "commit and listing held");
+    m.complete_nth(tail, 1);
+    m.complete_nth(tail, 0);
+    m.hold_storage.remove(&tail);
+    while m.complete_one(tail) {}
+    m.deliver_all();
+    m.handle(tail, Input::Tick { now_ms: 10_000 });
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(1));
+    let meta = m.nodes[&new].1.meta(c).expect("meta");
+    assert_eq!(meta.committed.version, ChunkVersion(1), "the syncing successor got the update");
+    assert!(m.replies.iter().any(|(t, o)| *t == new && matches!(o, Output::SyncDone { .. })));
+}
+
+/// Random scripts on a few chunks, one channel per client.
+fn concurrent_script(sim: &mut Sim, clients: u64, writes_per_client: usize) {
+    for client in 1..=clients {
+        let mut script = Vec::new();
+        for i in 0..writes_per_client {
+            let chunk_index = (i as u64 + client) % 2;
+            let offset = ((client * 7 + i as u64 * 13) % 40) as u32;
+            script.push(write_op(chunk_index, offset, 8 + i % 5, (client * 16 + i as u64) as u8));
+            if i % 3 == 0 {
+                script.push(read_op(chunk_index, 0, 64));
+            }
+        }
+        sim.add_channel(client, 0, script);
+    }
+    // Readers hammer both chunks at random replicas, so reads race the updates in flight.
+    for reader in 0..2u64 {
+        let script =
+            (0..writes_per_client * 2).map(|i| read_op((i as u64 + reader) % 2, 0, 64)).collect();
+        sim.add_channel(100 + reader, 0, script);
+    }
+}
+
+#[test]
+fn concurrent_writes_to_one_chunk_are_totally_ordered() {
+    for seed in 0..24 {
+        let mut sim = Sim::new(seed, 3, Faults::default());
+        for client in 1..=4u64 {
+            let script = (0..6)
+                .map(|i| {
+                    write_op(0, ((client * 5 + i * 3) % 30) as u32, 12, (client * 10 + i) as u8)
+                })
+                .chain([read_op(0, 0, 64)])
+                .collect();
+            sim.add_channel(client, 0, script);
+        }
+        sim.add_channel(100, 0, (0..20).map(|_| read_op(0, 0, 64)).collect());
+        sim.run(200_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 24);
+    }
+}
+
+#[test]
+fn lossy_corrupting_network_still_converges_and_applies_each_write_once() {
+    for seed in 0..16 {
+        let faults = Faults { drop_per_mille: 100, corrupt_per_mille: 100 };
+        let mut sim = Sim::new(seed, 3, faults);
+        sim.client_timeout_ms = 60; // clients retry aggressively: many duplicates
+        concurrent_script(&mut sim, 3, 6);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 18);
+    }
+}
+
+#[test]
+fn middle_failure_reforwards_pending_updates() {
+    for seed in 0..12 {
+        let mut sim = Sim::new(seed, 3, Faults::default());
+        concurrent_script(&mut sim, 3, 8);
+        sim.run_steps(150 + seed * 20);
+        sim.crash(2);
+        sim.set_chain(&[(1, Serving), (3, Serving), (2, Offline)]);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 24);
+    }
+}
+
+#[test]
+fn tail_failure_makes_the_middle_commit() {
+    for seed in 0..12 {
+        let mut sim = Sim::new(seed, 3, Faults::default());
+        concurrent_script(&mut sim, 3, 8);
+        sim.run_steps(150 + seed * 20);
+        sim.crash(3);
+        sim.set_chain(&[(1, Serving), (2, Serving), (3, Offline)]);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 24);
+    }
+}
+
+#[test]
+fn head_failure_new_head_takes_over_pending_updates() {
+    for seed in 0..12 {
+        let mut sim = Sim::new(seed, 3, Faults::default());
+        concurrent_script(&mut sim, 3, 8);
+        sim.run_steps(150 + seed * 20);
+        sim.crash(1);
+        sim.set_chain(&[(2, Serving), (3, Serving), (1, Offline)]);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 24);
+    }
+}
+
+#[test]
+fn a_restarted_target_is_resynced_then_serves() {
+    for seed in 0..12 {
+        let mut sim = Sim::new(seed, 3, Faults { drop_per_mille: 20, corrupt_per_mille: 20 });
+        concurrent_script(&mut sim, 3, 10);
+        sim.run_steps(100 + seed * 15);
+        sim.crash(2);
+        sim.set_chain(&[(1, Serving), (3, Serving), (2, Offline)]);
+        sim.run_steps(300);
+        sim.restart(2);
+        sim.set_chain(&[(1, Serving), (3, Serving), (2, Syncing)]);
+        let version = sim.chain_version();
+        sim.run_until(400_000, |s| s.nodes[&target(2)].sync_done == Some(version)).expect("synced");
+        sim.set_chain(&[(1, Serving), (3, Serving), (2, Serving)]);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 30);
+        assert_eq!(sim.write_chain().len(), 3, "the check covered the resynced target");
+    }
+}
+
+#[test]
+fn a_restarted_lone_head_rolls_its_pending_version_forward() {
+    let mut rolled_forward = 0;
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed, 1, Faults::default());
+        sim.add_channel(
+            1,
+            0,
+            vec![write_op(0, 0, 8, 1), write_op(0, 4, 8, 2), write_op(0, 2, 4, 3)],
+        );
+        // Crash at a random point, possibly between the pending write and its commit.
+        sim.run_steps(3 + seed % 12);
+        sim.crash(1);
+        let pending = sim.nodes[&target(1)].store.metas().any(|m| m.pending.is_some());
+        rolled_forward += u64::from(pending);
+        sim.set_chain(&[(1, LastServing)]);
+        sim.restart(1);
+        sim.set_chain(&[(1, Serving)]);
+        sim.run(100_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 3);
+    }
+    assert!(rolled_forward > 0, "some run crashed with a pending version");
+}
+
+#[test]
+fn chain_changes_mid_run_with_faults_converge() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(seed, 4, Faults { drop_per_mille: 30, corrupt_per_mille: 30 });
+        concurrent_script(&mut sim, 4, 8);
+        sim.run_steps(200);
+        sim.crash(3);
+        sim.set_chain(&[(1, Serving), (2, Serving), (4, Serving), (3, Offline)]);
+        sim.run_steps(200);
+        sim.crash(1);
+        sim.set_chain(&[(2, Serving), (4, Serving), (3, Offline), (1, Offline)]);
+        sim.run(400_000).expect("quiescent");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 32);
+    }
+}
