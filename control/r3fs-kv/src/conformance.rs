@@ -29,6 +29,11 @@ use crate::{
 /// Makes fresh, empty stores of one backend.
 pub trait Factory: Send + Sync {
     fn fresh(&self) -> anyhow::Result<Arc<dyn Kv>>;
+
+    /// Longest user key the backend accepts ([`KEY_SIZE_MAX`] unless keys are prefixed).
+    fn key_size_max(&self) -> usize {
+        KEY_SIZE_MAX
+    }
 }
 
 impl<F> Factory for F
@@ -348,15 +353,16 @@ pub async fn retry_gives_up_and_respects_non_retryable(kv: Arc<dyn Kv>) -> anyho
     Ok(())
 }
 
-/// FoundationDB's limits: the largest key and value round-trip; one byte more is `TooLarge`; so is
-/// a transaction past [`TXN_SIZE_MAX`] (at the write or at commit).
-pub async fn limits(kv: &dyn Kv) -> anyhow::Result<()> {
-    let key = vec![b'k'; KEY_SIZE_MAX];
+/// FoundationDB's limits: the largest key (`key_size_max`, normally [`KEY_SIZE_MAX`]) and value
+/// round-trip; one byte more is `TooLarge`; so is a transaction past [`TXN_SIZE_MAX`] (at the
+/// write or at commit).
+pub async fn limits(kv: &dyn Kv, key_size_max: usize) -> anyhow::Result<()> {
+    let key = vec![b'k'; key_size_max];
     let value = vec![b'v'; VALUE_SIZE_MAX];
     put(kv, &[(&key, &value)]).await?;
     ensure!(read(kv, &key).await? == Some(value.clone()));
     let mut txn = kv.begin().await?;
-    let too_long_key = vec![b'k'; KEY_SIZE_MAX + 1];
+    let too_long_key = vec![b'k'; key_size_max + 1];
     let result = txn.set(&too_long_key, b"");
     ensure!(matches!(result, Err(KvError::TooLarge { .. })), "key: {result:?}");
     let result = txn.set(b"k", &vec![0; VALUE_SIZE_MAX + 1]);
@@ -864,6 +870,6 @@ pub async fn run_targeted(factory: &dyn Factory) -> anyhow::Result<()> {
         .await
         .context("retry_converges_under_contention")?;
     retry_gives_up_and_respects_non_retryable(factory.fresh()?).await.context("retry_gives_up")?;
-    limits(&*factory.fresh()?).await.context("limits")?;
+    limits(&*factory.fresh()?, factory.key_size_max()).await.context("limits")?;
     Ok(())
 }

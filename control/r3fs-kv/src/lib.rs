@@ -33,6 +33,8 @@ pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "fdb")]
+pub mod fdb;
 pub mod memory;
 mod optimistic;
 mod ranges;
