@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use r3fs_types::{ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, InodeId, RequestId};
 use r3fs_wire::{
-    Decoded, Frame, FrameLimits, Message, PayloadInfo, UpdateKind, UpdateRequest, decode_frame,
-    decode_head, encode_head,
+    Decoded, Frame, FrameLimits, PayloadInfo, UpdateKind, UpdateRequest, decode_frame, decode_head,
+    encode_head,
 };
 use std::hint::black_box;
 
@@ -63,7 +63,7 @@ fn codec(c: &mut Criterion) {
                 other => panic!("bench head must decode: {other:?}"),
             })
         });
-        let message = Message::from(frame.message.clone());
+        let message = frame.message.clone();
         let info = frame.payload_info().expect("fits");
         let mut out = BytesMut::with_capacity(256);
         group.bench_function("encode_head(precomputed crc)", |b| {
