@@ -84,9 +84,10 @@ pub fn decide_read(meta: &ChunkMeta) -> ReadDecision {
 pub fn needs_transfer(local: Option<&ChunkMeta>, remote: Option<&ChunkMeta>) -> bool {
     match (local, remote) {
         (None, None) => false,
-        // Nothing committed here (absent, a tombstone, or only an in-flight first write, which
-        // the normal write path forwards): nothing to send.
-        (Some(local), None) => !local.committed.removed,
+        // Anything committed here goes over, tombstones included (they carry the version number
+        // forward). Only an in-flight first write (nothing committed yet) stays: the write path
+        // forwards it.
+        (Some(local), None) => local.committed.version.0 > 0,
         // Only the remote has it: it is deleted there.
         (None, Some(remote)) => !remote.is_absent(),
         (Some(local), Some(remote)) => {
@@ -150,6 +151,10 @@ mod tests {
         assert!(!needs_transfer(None, None));
         assert!(needs_transfer(Some(&meta(2, None)), None));
         assert!(!needs_transfer(Some(&meta(0, Some(1))), None));
+        let mut tombstone = meta(3, None);
+        tombstone.committed.removed = true;
+        tombstone.committed.length_bytes = 0;
+        assert!(needs_transfer(Some(&tombstone), None), "tombstones keep versions growing");
         assert!(needs_transfer(None, Some(&meta(2, None))));
         assert!(!needs_transfer(Some(&meta(2, None)), Some(&meta(2, None))));
         assert!(!needs_transfer(Some(&meta(2, Some(3))), Some(&meta(2, None))));

@@ -1054,3 +1054,14 @@ pub fn tag(client: u64, seq: u64) -> UpdateTag {
 pub fn bytes(data: &[u8]) -> Bytes {
     Bytes::copy_from_slice(data)
 }
+
+/// The seeds a simulation test runs: `R3FS_CRAQ_SEED=N` replays one seed (the one a failure
+/// printed), `R3FS_CRAQ_SEEDS=K` sweeps seeds 0..K, otherwise 0..`default_count`.
+pub fn seeds(default_count: u64) -> Vec<u64> {
+    if let Some(seed) = std::env::var("R3FS_CRAQ_SEED").ok().and_then(|s| s.parse().ok()) {
+        return vec![seed];
+    }
+    let count =
+        std::env::var("R3FS_CRAQ_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_count);
+    (0..count).collect()
+}
