@@ -6,8 +6,8 @@
 //! - Targeted checks: [`read_your_writes`], [`snapshot_isolation`], [`write_skew_is_prevented`],
 //!   [`snapshot_reads_do_not_conflict`], [`range_reads_conflict_on_phantoms`],
 //!   [`atomic_add_takes_no_read_conflict`], [`explicit_read_conflict_range`],
-//!   [`retry_converges_under_contention`], [`retry_gives_up_and_respects_non_retryable`],
-//!   [`limits`].
+//!   [`retry_converges_under_contention`], [`concurrent_transfers_stay_serializable`],
+//!   [`retry_gives_up_and_respects_non_retryable`], [`limits`].
 //! - Durability, for backends that have it: [`durability_across_reopen`], and a kill -9 test built
 //!   from [`crash_child`] (run in a child process) and [`verify_after_crash`].
 //!
@@ -287,6 +287,99 @@ pub async fn retry_converges_under_contention(kv: Arc<dyn Kv>, tasks: usize) -> 
     ensure!(value == tasks as u64, "counter is {value}, expected {tasks}");
     ensure!(attempts.load(Ordering::Relaxed) >= tasks);
     Ok(())
+}
+
+fn account_key(account: usize) -> Vec<u8> {
+    format!("bank/{account:02}").into_bytes()
+}
+
+fn balance(value: Option<Vec<u8>>) -> Result<i64, KvError> {
+    let bytes = value.ok_or_else(|| KvError::Io("account missing".to_string()))?;
+    let bytes: [u8; 8] =
+        bytes.as_slice().try_into().map_err(|_| KvError::Io("balance width".to_string()))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+/// Serializability under concurrent commits: `tasks` tasks move money between accounts with
+/// read-check-write transactions (a transfer happens only if the source can pay), while an auditor
+/// reads every account in one transaction. Every audit and the final state must show the same total
+/// and no negative balance; a lost update or write skew would break one of the two.
+pub async fn concurrent_transfers_stay_serializable(
+    kv: Arc<dyn Kv>,
+    tasks: usize,
+    transfers_per_task: usize,
+) -> anyhow::Result<()> {
+    const ACCOUNTS: usize = 6;
+    const OPENING_BALANCE: i64 = 10;
+    let total = ACCOUNTS as i64 * OPENING_BALANCE;
+    let mut setup = kv.begin().await?;
+    for account in 0..ACCOUNTS {
+        setup.set(&account_key(account), &OPENING_BALANCE.to_le_bytes())?;
+    }
+    setup.commit().await?;
+    let policy = RetryPolicy { attempts_max: 500, backoff_initial_ms: 1, backoff_max_ms: 10 };
+    let audit = move |kv: Arc<dyn Kv>| async move {
+        let mut txn = kv.begin().await?;
+        let all =
+            txn.get_range(&range(b"bank/", b"bank0", 0, false, ReadMode::Serializable)).await?;
+        let mut sum = 0;
+        for (key, value) in all {
+            let amount = balance(Some(value))?;
+            ensure!(
+                amount >= 0,
+                "negative balance on {:?}: {amount}",
+                String::from_utf8_lossy(&key)
+            );
+            sum += amount;
+        }
+        ensure!(sum == total, "audit saw a total of {sum}, expected {total}");
+        Ok::<_, anyhow::Error>(())
+    };
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let kv = kv.clone();
+        handles.push(tokio::spawn(async move {
+            for transfer in 0..transfers_per_task {
+                let from = (task + transfer) % ACCOUNTS;
+                let to = (task * 7 + transfer * 3 + 1) % ACCOUNTS;
+                let amount = (transfer % 4) as i64 + 1;
+                retry::run(&*kv, &policy, |txn| {
+                    Box::pin(async move {
+                        if from == to {
+                            return Ok(());
+                        }
+                        let from_balance =
+                            balance(txn.get(&account_key(from), ReadMode::Serializable).await?)?;
+                        let to_balance =
+                            balance(txn.get(&account_key(to), ReadMode::Serializable).await?)?;
+                        tokio::task::yield_now().await;
+                        if from_balance >= amount {
+                            txn.set(&account_key(from), &(from_balance - amount).to_le_bytes())?;
+                            txn.set(&account_key(to), &(to_balance + amount).to_le_bytes())?;
+                        }
+                        Ok::<_, KvError>(())
+                    })
+                })
+                .await?;
+            }
+            Ok::<_, KvError>(())
+        }));
+    }
+    let auditor = {
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                audit(kv.clone()).await?;
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    for handle in handles {
+        handle.await?.context("a transfer failed")?;
+    }
+    auditor.await??;
+    audit(kv).await.context("final audit")
 }
 
 /// An error type of a caller: an expected outcome plus KV failures.
@@ -869,6 +962,9 @@ pub async fn run_targeted(factory: &dyn Factory) -> anyhow::Result<()> {
     retry_converges_under_contention(factory.fresh()?, 16)
         .await
         .context("retry_converges_under_contention")?;
+    concurrent_transfers_stay_serializable(factory.fresh()?, 8, 40)
+        .await
+        .context("concurrent_transfers_stay_serializable")?;
     retry_gives_up_and_respects_non_retryable(factory.fresh()?).await.context("retry_gives_up")?;
     limits(&*factory.fresh()?, factory.key_size_max()).await.context("limits")?;
     Ok(())
