@@ -608,18 +608,16 @@ impl Replica {
 
     fn on_tick(&mut self) {
         let now = self.now_ms;
+        // (chunk, whether it waits for an update ack rather than a sync ack)
         let due: Vec<(ChunkId, bool)> = self
             .slots
             .iter()
             .filter_map(|(chunk, s)| match s.active.as_ref().map(|a| &a.phase) {
-                Some(Phase::AwaitAck { resend_at_ms, .. })
-                | Some(Phase::AwaitSyncAck { resend_at_ms, .. })
-                    if *resend_at_ms <= now =>
-                {
-                    Some((
-                        *chunk,
-                        matches!(s.active.as_ref().map(|a| &a.phase), Some(Phase::AwaitAck { .. })),
-                    ))
+                Some(Phase::AwaitAck { resend_at_ms, .. }) if *resend_at_ms <= now => {
+                    Some((*chunk, true))
+                }
+                Some(Phase::AwaitSyncAck { resend_at_ms, .. }) if *resend_at_ms <= now => {
+                    Some((*chunk, false))
                 }
                 _ => None,
             })

@@ -423,6 +423,21 @@ fn predecessor_failure_during_resync_restarts_it_from_the_new_predecessor() {
 }
 
 #[test]
+fn a_live_target_declared_offline_fences_itself_and_the_chain_goes_on() {
+    for seed in seeds(12) {
+        let mut sim = Sim::new(seed, 3, Faults::default());
+        concurrent_script(&mut sim, 3, 8);
+        sim.run_steps(100 + (seed % 10) * 20);
+        // A partition: mgmtd stops hearing from T2, which is still running.
+        sim.set_chain(&[(1, Serving), (3, Serving), (2, Offline)]);
+        sim.run(400_000).expect("quiescent");
+        assert!(sim.nodes[&target(2)].fenced, "T2 stopped acting on its old view");
+        sim.check().expect("consistent");
+        assert_eq!(sim.writes.len(), 24);
+    }
+}
+
+#[test]
 fn a_restarted_lone_head_rolls_its_pending_version_forward() {
     let mut rolled_forward = 0;
     let seeds = seeds(40);
