@@ -1,0 +1,102 @@
+//! The command tree: one module per command group, each owning its argument structs and its
+//! `run` functions. Commands are flat verbs (`list-nodes`, `upload-chains`, ...) as in 3FS's
+//! admin_cli, so scripts read the same; a new group (`up`, `mount`, `stats`, fault-tolerance ops
+//! such as `remove-target` or `rotate-lastsrv`) is a new module plus its variants here.
+
+pub mod chains;
+pub mod cluster;
+pub mod completions;
+pub mod config;
+pub mod ctx;
+pub mod nodes;
+pub mod placement;
+pub mod targets;
+pub mod users;
+pub mod view;
+
+use clap::Subcommand;
+use ctx::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    // ---- cluster ----
+    /// Initialize a new cluster and print its admin token (once).
+    InitCluster(cluster::InitClusterArgs),
+
+    // ---- nodes ----
+    /// List every node with its status and versions.
+    ListNodes,
+    /// Disable a node: its heartbeats are refused and its targets go offline.
+    DisableNode(nodes::NodeIdArgs),
+    /// Re-enable a disabled node.
+    EnableNode(nodes::NodeIdArgs),
+
+    // ---- chains and chain tables ----
+    /// List every chain with its targets (head first) and their public states.
+    ListChains,
+    /// List every version of every chain table.
+    ListChainTables,
+    /// Create chains from a chains file (`ChainId,TargetId,...`, as gen-chain-table writes).
+    UploadChains(chains::UploadChainsArgs),
+    /// Add a new version of a chain table from a file (`ChainId` per line).
+    UploadChainTable(chains::UploadChainTableArgs),
+
+    // ---- targets ----
+    /// List every target with its node, disk, chain, role and states.
+    ListTargets,
+    /// Create one target.
+    CreateTarget(targets::CreateTargetArgs),
+    /// Create the targets of a targets file (`TargetId,NodeId,DiskIndex,ChainId`).
+    CreateTargets(targets::CreateTargetsArgs),
+    /// Mark a target offline now, so its chain moves it to the end and it must recover.
+    OfflineTarget(targets::OfflineTargetArgs),
+
+    // ---- placement ----
+    /// Generate chains, a chain table and targets for a set of storage nodes and report how
+    /// evenly a failed node's recovery traffic spreads.
+    GenChainTable(placement::GenChainTableArgs),
+
+    // ---- users ----
+    /// Add a user and print its token (once).
+    UserAdd(users::UserAddArgs),
+    /// List users (never tokens).
+    UserList,
+    /// Remove a user; its token stops working at once.
+    UserRemove(users::UserRemoveArgs),
+
+    // ---- configs ----
+    /// Store a new config version for a node type.
+    SetConfig(config::SetConfigArgs),
+    /// Print a node type's config (the latest, or one version), or list its versions.
+    GetConfig(config::GetConfigArgs),
+
+    // ---- shell ----
+    /// Print a shell completion script.
+    Completions(completions::CompletionsArgs),
+}
+
+impl Command {
+    pub async fn run(self, ctx: &Ctx) -> anyhow::Result<()> {
+        match self {
+            Command::InitCluster(args) => cluster::init_cluster(ctx, args).await,
+            Command::ListNodes => nodes::list_nodes(ctx).await,
+            Command::DisableNode(args) => nodes::set_disabled(ctx, args, true).await,
+            Command::EnableNode(args) => nodes::set_disabled(ctx, args, false).await,
+            Command::ListChains => chains::list_chains(ctx).await,
+            Command::ListChainTables => chains::list_chain_tables(ctx).await,
+            Command::UploadChains(args) => chains::upload_chains(ctx, args).await,
+            Command::UploadChainTable(args) => chains::upload_chain_table(ctx, args).await,
+            Command::ListTargets => targets::list_targets(ctx).await,
+            Command::CreateTarget(args) => targets::create_target(ctx, args).await,
+            Command::CreateTargets(args) => targets::create_targets(ctx, args).await,
+            Command::OfflineTarget(args) => targets::offline_target(ctx, args).await,
+            Command::GenChainTable(args) => placement::gen_chain_table(ctx, args),
+            Command::UserAdd(args) => users::user_add(ctx, args).await,
+            Command::UserList => users::user_list(ctx).await,
+            Command::UserRemove(args) => users::user_remove(ctx, args).await,
+            Command::SetConfig(args) => config::set_config(ctx, args).await,
+            Command::GetConfig(args) => config::get_config(ctx, args).await,
+            Command::Completions(args) => completions::print(args),
+        }
+    }
+}
