@@ -150,6 +150,24 @@ fn decode(stored: &[u8]) -> Result<Vec<u8>, KvError> {
     }
 }
 
+/// Counters of the commit path, for metrics and the benchmark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Journal writes (one sync each when durable).
+    pub groups: u64,
+    /// Transactions those writes committed.
+    pub transactions: u64,
+    /// Transactions refused with a conflict.
+    pub conflicts: u64,
+}
+
+#[derive(Debug, Default)]
+struct SharedStats {
+    groups: AtomicU64,
+    transactions: AtomicU64,
+    conflicts: AtomicU64,
+}
+
 struct CommitJob {
     request: CommitRequest,
     reply: oneshot::Sender<Result<(), KvError>>,
@@ -166,6 +184,7 @@ struct Committer {
     /// Version of the last transaction accepted into a group.
     version: u64,
     published_version: Arc<AtomicU64>,
+    stats: Arc<SharedStats>,
     /// Set once a journal write failed: the disk state is unknown, so nothing commits after it.
     failure: Option<String>,
 }
@@ -203,6 +222,7 @@ impl Committer {
         let mut accepted = Vec::with_capacity(group.len());
         for CommitJob { request, reply } in group {
             if let Err(error) = self.history.check(request.read_version, &request.reads) {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(Err(error));
                 continue;
             }
@@ -233,6 +253,8 @@ impl Committer {
             Ok(()) => {
                 // Readers that begin from now on see this group; it is durable already.
                 self.published_version.store(self.version, Ordering::Release);
+                self.stats.groups.fetch_add(1, Ordering::Relaxed);
+                self.stats.transactions.fetch_add(accepted.len() as u64, Ordering::Relaxed);
                 for reply in accepted {
                     let _ = reply.send(Ok(()));
                 }
@@ -297,6 +319,7 @@ struct FjallEngine {
     db: Database,
     keyspace: Keyspace,
     published_version: Arc<AtomicU64>,
+    stats: Arc<SharedStats>,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<CommitJob>>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -404,6 +427,7 @@ impl FjallKv {
             }
         }
         let published_version = Arc::new(AtomicU64::new(0));
+        let stats = Arc::new(SharedStats::default());
         let committer = Committer {
             db: db.clone(),
             keyspace: keyspace.clone(),
@@ -419,6 +443,7 @@ impl FjallKv {
             ),
             version: 0,
             published_version: published_version.clone(),
+            stats: stats.clone(),
             failure: None,
         };
         let (jobs, queue) = mpsc::channel(config.commit_queue_txns_max);
@@ -432,10 +457,23 @@ impl FjallKv {
                 db,
                 keyspace,
                 published_version,
+                stats,
                 jobs: Some(jobs),
                 committer: Mutex::new(Some(handle)),
             }),
         })
+    }
+}
+
+impl FjallKv {
+    /// Commit-path counters since open.
+    pub fn commit_stats(&self) -> CommitStats {
+        let stats = &self.engine.stats;
+        CommitStats {
+            groups: stats.groups.load(Ordering::Relaxed),
+            transactions: stats.transactions.load(Ordering::Relaxed),
+            conflicts: stats.conflicts.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -6,9 +6,20 @@
 //!   what they read to the transaction's read conflict set; [`ReadMode::Snapshot`] reads do not.
 //! - [`Txn::commit`] fails with [`KvError::Conflict`] if a transaction that committed after this
 //!   one's snapshot wrote a key or range this one read serializably (so write skew is prevented).
-//! - [`Txn::atomic_add`] adds a little-endian i64 without a read conflict.
+//! - A serializable point read of a key whose value this transaction's own writes decide takes no
+//!   read conflict; a limited range read conflicts only on the part it covered (up to and
+//!   including the last key returned).
+//! - A transaction without writes commits without a conflict check (it serialises at its read
+//!   version).
+//! - [`Txn::atomic_add`] adds a little-endian i64 without a read conflict, with FoundationDB's
+//!   width rules (an existing value shorter than 8 bytes is zero-extended, a longer one truncated;
+//!   the result is 8 bytes; the sum wraps).
+//! - A range `[begin, end)` with `begin >= end` is empty: reads return nothing, clears and
+//!   conflict ranges do nothing (FoundationDB would fail with `inverted_range`).
 //! - Limits are FoundationDB's ([`KEY_SIZE_MAX`], [`VALUE_SIZE_MAX`], [`TXN_SIZE_MAX`]) on every
-//!   backend, so code that passes here does not fail there.
+//!   backend, so code that passes here does not fail there. Transaction size counts mutations and
+//!   read conflict ranges, as FoundationDB does.
+//! - A commit whose future is dropped before it resolves has an unknown outcome.
 //!
 //! Callers run transactions through [`retry::run`], which retries conflicts with a bounded
 //! backoff.
@@ -22,7 +33,7 @@
 //!
 //! The memory and embedded backends share one implementation of read-your-writes, conflict
 //! tracking and limits (`buffer`, `ranges`, `optimistic`), so they cannot drift apart; the
-//! [`conformance`] suite (feature `conformance`) holds every backend to the same behaviour.
+//! `conformance` suite (feature `conformance`) holds every backend to the same behaviour.
 //! Design note: `docs/design/kv.md`.
 
 use async_trait::async_trait;
@@ -41,7 +52,7 @@ mod ranges;
 pub mod retry;
 
 pub use config::{KvConfig, open};
-pub use embedded::{Durability, FjallConfig, FjallKv};
+pub use embedded::{CommitStats, Durability, FjallConfig, FjallKv};
 pub use memory::{MemoryConfig, MemoryKv};
 pub use retry::{RetryPolicy, Retryable};
 
@@ -103,8 +114,12 @@ pub trait Kv: Send + Sync + std::fmt::Debug {
 /// One optimistic transaction. Writes are buffered until [`Txn::commit`].
 #[async_trait]
 pub trait Txn: Send {
+    /// The value at `key` in this transaction's snapshot overlaid with its own writes. A key
+    /// longer than [`KEY_SIZE_MAX`] cannot exist and reads as `None`.
     async fn get(&mut self, key: &[u8], mode: ReadMode) -> Result<Option<Vec<u8>>, KvError>;
+    /// Pairs in the requested range of the snapshot overlaid with this transaction's writes.
     async fn get_range(&mut self, request: &RangeRequest) -> Result<Vec<KeyValue>, KvError>;
+    /// Fails with [`KvError::TooLarge`] (and buffers nothing) past a limit.
     fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), KvError>;
     fn clear(&mut self, key: &[u8]) -> Result<(), KvError>;
     /// Clears keys in `[begin, end)`.
@@ -113,5 +128,7 @@ pub trait Txn: Send {
     fn atomic_add(&mut self, key: &[u8], delta: i64) -> Result<(), KvError>;
     /// Adds `[begin, end)` to the read conflict set without reading it.
     fn add_read_conflict_range(&mut self, begin: &[u8], end: &[u8]) -> Result<(), KvError>;
+    /// Applies the writes atomically and durably (as the backend is configured), or fails with
+    /// [`KvError::Conflict`] and applies nothing. Dropping a transaction instead discards it.
     async fn commit(self: Box<Self>) -> Result<(), KvError>;
 }
