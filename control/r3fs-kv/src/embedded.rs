@@ -509,6 +509,29 @@ mod tests {
         assert!(FjallConfig::at("/tmp/x").validate().is_ok());
     }
 
+    #[tokio::test]
+    async fn transaction_older_than_the_history_conflicts_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = FjallConfig {
+            durability: Durability::Buffer,
+            conflict_history_txns_max: 2,
+            ..FjallConfig::at(dir.path())
+        };
+        let kv = FjallKv::open(&config).unwrap();
+        let mut old = kv.begin().await.unwrap();
+        for round in 0..3u8 {
+            let mut txn = kv.begin().await.unwrap();
+            txn.set(b"k", &[round]).unwrap();
+            txn.commit().await.unwrap();
+        }
+        // fjall's snapshot still serves the old view ...
+        assert_eq!(old.get(b"k", crate::ReadMode::Snapshot).await.unwrap(), None);
+        // ... but the history can no longer vouch for it.
+        old.set(b"other", b"x").unwrap();
+        assert!(matches!(old.commit().await, Err(KvError::Conflict)));
+        assert_eq!(kv.commit_stats().conflicts, 1);
+    }
+
     #[test]
     fn keys_round_trip_through_the_tag() {
         assert_eq!(decode(&encode(b"")).unwrap(), b"");

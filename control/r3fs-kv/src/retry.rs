@@ -45,8 +45,9 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Ten attempts; the sleep bound grows 2, 4, 8, ... ms up to 1 s, so a transaction gives up
-    /// after at most ~2.5 s of backoff, below FoundationDB's 5 s transaction lifetime.
+    /// Ten attempts; the sleep bound grows 2, 4, 8, ... ms, capped at 1 s, so a transaction
+    /// sleeps at most 2 + 4 + ... + 512 = 1,022 ms in total before giving up, well inside
+    /// FoundationDB's 5 s transaction lifetime.
     fn default() -> Self {
         Self { attempts_max: 10, backoff_initial_ms: 2, backoff_max_ms: 1_000 }
     }
