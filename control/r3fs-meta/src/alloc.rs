@@ -85,6 +85,7 @@ fn block_range(block: u64, shard: u64, shards: u64, batch: u64) -> Option<Range<
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -180,13 +180,12 @@ pub async fn fsck(kv: &dyn Kv) -> MetaResult<FsckReport> {
                 }
                 if let (Some(entry), schema::InodeData::Directory { parent, name, .. }) =
                     (links.first(), &inode.data)
+                    && (entry.parent != *parent || entry.name != *name)
                 {
-                    if entry.parent != *parent || entry.name != *name {
-                        problems.push(format!(
-                            "directory {} records parent {parent} name {name:?} but its entry is {:?} in {}",
-                            inode.id, entry.name, entry.parent
-                        ));
-                    }
+                    problems.push(format!(
+                        "directory {} records parent {parent} name {name:?} but its entry is {:?} in {}",
+                        inode.id, entry.name, entry.parent
+                    ));
                 }
             }
             kind => {

@@ -177,6 +177,7 @@ fn fixed8(bytes: &[u8], what: &str) -> MetaResult<[u8; 8]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -187,6 +187,7 @@ pub fn parse_path(path: &str, limits: &Limits) -> MetaResult<ParsedPath> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use r3fs_types::error::errno;

@@ -170,6 +170,7 @@ pub fn check_set_layout(user: &User, dir: &Inode) -> MetaResult<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
 

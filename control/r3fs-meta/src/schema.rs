@@ -490,6 +490,7 @@ pub fn decode_format(bytes: &[u8]) -> MetaResult<Format> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;

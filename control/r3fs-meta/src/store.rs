@@ -689,7 +689,7 @@ impl MetaStore {
         })
     }
 
-    async fn mkdir_in(
+    pub(crate) async fn mkdir_in(
         &self,
         tx: &mut Tx<'_>,
         user: &User,
@@ -966,88 +966,102 @@ impl MetaStore {
         no_replace: bool,
     ) -> MetaResult<()> {
         transact!(&*self.kv, &self.retry, |tx| {
-            let now = self.now();
-            let src = Resolver::new(user, self.limits()).parent_of(tx, src_at, src_path).await?;
-            let dst = Resolver::new(user, self.limits()).parent_of(tx, dst_at, dst_path).await?;
-            let (Last::Name(src_name), Last::Name(dst_name)) = (&src.last, &dst.last) else {
-                return Err(MetaError::new(ErrorCode::Busy, "cannot rename . or .. or /"));
-            };
-            check_name(src_name, self.limits())?;
-            check_name(dst_name, self.limits())?;
-            check_live_dir(&src.parent)?;
-            check_live_dir(&dst.parent)?;
-            check_inode(user, &src.parent, MAY_EXEC)?;
-            let src_entry = tx.entry(src.parent.id, src_name).await?.ok_or_else(|| {
-                MetaError::not_found(format!("{src_name:?} in {}", src.parent.id))
-            })?;
-            let mut inode = tx.inode_required(src_entry.inode).await?;
-            perm::check_delete(user, &src.parent, &inode)?;
-            check_inode(user, &dst.parent, MAY_WRITE | MAY_EXEC)?;
-            if (src.trailing_slash || dst.trailing_slash) && !inode.is_dir() {
-                return Err(MetaError::not_directory(format!("{src_name:?} is not a directory")));
-            }
-            let dst_entry = tx.entry(dst.parent.id, dst_name).await?;
-            if let Some(existing) = &dst_entry {
-                if existing.inode == inode.id {
-                    // Both names already link the same inode: POSIX says do nothing.
-                    return Ok(());
-                }
-                if no_replace {
-                    return Err(MetaError::exists(format!("{dst_name:?} exists")));
-                }
-            }
-            let moves_dir = inode.is_dir() && src.parent.id != dst.parent.id;
-            if moves_dir {
-                // Its `..` changes: needs write permission on the directory itself.
-                check_inode(user, &inode, MAY_WRITE)?;
-                check_not_ancestor(tx, inode.id, &dst.parent, self.limits()).await?;
-            }
-            if let Some(existing) = dst_entry {
-                let victim = tx.inode_required(existing.inode).await?;
-                perm::check_delete(user, &dst.parent, &victim)?;
-                match (inode.is_dir(), victim.is_dir()) {
-                    (true, false) => {
-                        return Err(MetaError::not_directory(format!(
-                            "{dst_name:?} is not a directory"
-                        )));
-                    }
-                    (false, true) => {
-                        return Err(MetaError::is_directory(format!(
-                            "{dst_name:?} is a directory"
-                        )));
-                    }
-                    (true, true) => {
-                        if !tx.is_empty_dir(victim.id).await? {
-                            return Err(MetaError::new(
-                                ErrorCode::NotEmpty,
-                                format!("{dst_name:?} is not empty"),
-                            ));
-                        }
-                        tx.clear_entry(&existing)?;
-                        tx.clear_inode(victim.id)?;
-                        tx.count_inodes(-1)?;
-                    }
-                    (false, false) => {
-                        tx.clear_entry(&existing)?;
-                        drop_link(tx, victim, now)?;
-                    }
-                }
-            }
-            tx.clear_entry(&src_entry)?;
-            tx.put_entry(&DirEntry {
-                parent: dst.parent.id,
-                name: dst_name.clone(),
-                inode: inode.id,
-                kind: inode.kind(),
-            })?;
-            if let InodeData::Directory { parent, name, .. } = &mut inode.data {
-                *parent = dst.parent.id;
-                *name = dst_name.clone();
-            }
-            inode.attr.ctime_ns = now;
-            tx.put_inode(&inode)?;
-            Ok(())
+            self.rename_in(tx, user, src_at, src_path, dst_at, dst_path, no_replace).await
         })
+    }
+
+    /// The body of [`MetaStore::rename`], in a transaction of the caller's.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn rename_in(
+        &self,
+        tx: &mut Tx<'_>,
+        user: &User,
+        src_at: InodeId,
+        src_path: &str,
+        dst_at: InodeId,
+        dst_path: &str,
+        no_replace: bool,
+    ) -> MetaResult<()> {
+        let now = self.now();
+        let src = Resolver::new(user, self.limits()).parent_of(tx, src_at, src_path).await?;
+        let dst = Resolver::new(user, self.limits()).parent_of(tx, dst_at, dst_path).await?;
+        let (Last::Name(src_name), Last::Name(dst_name)) = (&src.last, &dst.last) else {
+            return Err(MetaError::new(ErrorCode::Busy, "cannot rename . or .. or /"));
+        };
+        check_name(src_name, self.limits())?;
+        check_name(dst_name, self.limits())?;
+        check_live_dir(&src.parent)?;
+        check_live_dir(&dst.parent)?;
+        check_inode(user, &src.parent, MAY_EXEC)?;
+        let src_entry = tx
+            .entry(src.parent.id, src_name)
+            .await?
+            .ok_or_else(|| MetaError::not_found(format!("{src_name:?} in {}", src.parent.id)))?;
+        let mut inode = tx.inode_required(src_entry.inode).await?;
+        perm::check_delete(user, &src.parent, &inode)?;
+        check_inode(user, &dst.parent, MAY_WRITE | MAY_EXEC)?;
+        if (src.trailing_slash || dst.trailing_slash) && !inode.is_dir() {
+            return Err(MetaError::not_directory(format!("{src_name:?} is not a directory")));
+        }
+        let dst_entry = tx.entry(dst.parent.id, dst_name).await?;
+        if let Some(existing) = &dst_entry {
+            if existing.inode == inode.id {
+                // Both names already link the same inode: POSIX says do nothing.
+                return Ok(());
+            }
+            if no_replace {
+                return Err(MetaError::exists(format!("{dst_name:?} exists")));
+            }
+        }
+        let moves_dir = inode.is_dir() && src.parent.id != dst.parent.id;
+        if moves_dir {
+            // Its `..` changes: needs write permission on the directory itself.
+            check_inode(user, &inode, MAY_WRITE)?;
+            check_not_ancestor(tx, inode.id, &dst.parent, self.limits()).await?;
+        }
+        if let Some(existing) = dst_entry {
+            let victim = tx.inode_required(existing.inode).await?;
+            perm::check_delete(user, &dst.parent, &victim)?;
+            match (inode.is_dir(), victim.is_dir()) {
+                (true, false) => {
+                    return Err(MetaError::not_directory(format!(
+                        "{dst_name:?} is not a directory"
+                    )));
+                }
+                (false, true) => {
+                    return Err(MetaError::is_directory(format!("{dst_name:?} is a directory")));
+                }
+                (true, true) => {
+                    if !tx.is_empty_dir(victim.id).await? {
+                        return Err(MetaError::new(
+                            ErrorCode::NotEmpty,
+                            format!("{dst_name:?} is not empty"),
+                        ));
+                    }
+                    tx.clear_entry(&existing)?;
+                    tx.clear_inode(victim.id)?;
+                    tx.count_inodes(-1)?;
+                }
+                (false, false) => {
+                    tx.clear_entry(&existing)?;
+                    drop_link(tx, victim, now)?;
+                }
+            }
+        }
+        tx.clear_entry(&src_entry)?;
+        tx.put_entry(&DirEntry {
+            parent: dst.parent.id,
+            name: dst_name.clone(),
+            inode: inode.id,
+            kind: inode.kind(),
+        })?;
+        if let InodeData::Directory { parent, name, .. } = &mut inode.data {
+            *parent = dst.parent.id;
+            *name = dst_name.clone();
+        }
+        inode.attr.ctime_ns = now;
+        tx.put_inode(&inode)?;
+        Ok(())
     }
 
     // ---- attributes ---------------------------------------------------------------------

@@ -87,6 +87,7 @@ impl<R: UserResolver> UserResolver for CachedUserResolver<R> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};

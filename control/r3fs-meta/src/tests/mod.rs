@@ -2,6 +2,7 @@
 //! embedded (fjall) KV, through [`on_both_backends!`]. Storage is the in-memory
 //! [`InMemoryChunkStorageForTests`], used only here, for the GC and length logic.
 
+mod checks;
 mod concurrency;
 mod gc_length;
 mod namespace;
