@@ -14,8 +14,7 @@ use std::process::ExitCode;
 #[command(
     name = "r3fs",
     version,
-    about = "Administer an r3fs cluster: nodes, chains, targets, users, configs and placement",
-    propagate_version = true
+    about = "Administer an r3fs cluster: nodes, chains, targets, users, configs and placement"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -48,5 +47,18 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks (duplicate names, bad defaults, conflicting flags) over the
+    /// whole command tree, which otherwise fire only when a command is first used.
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -14,9 +14,10 @@
 //! The construction is deterministic (no RNG): a greedy pass fills each disk index's chains one
 //! by one, always taking the nodes that must be taken for the rest to stay feasible and otherwise
 //! the nodes that have shared the fewest chains with those already chosen; then a local search
-//! swaps nodes between two chains of the same disk index while that lowers the sum of squared
-//! pair counts (which, at a fixed total, is lowest when the counts are equal). See
-//! docs/design/placement.md.
+//! swaps nodes between two chains of the same disk index while that lowers the sum of
+//! `(pair count - mean)^4` (lowest when the counts are equal, and steep against outliers on
+//! either side). See docs/design/placement.md, which also states the balance bound the property
+//! tests check.
 //!
 //! Id scheme (documented for operators, checked by [`Placement::verify`]):
 //! `target id = node id * 1_000_000 + disk index * 1_000 + slot` and

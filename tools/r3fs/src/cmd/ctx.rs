@@ -29,14 +29,8 @@ pub struct GlobalArgs {
     )]
     pub mgmtd: Vec<String>,
 
-    /// User token sent with every call.
-    #[arg(
-        long,
-        global = true,
-        env = "R3FS_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    /// User token sent with every call (takes precedence over --token-file).
+    #[arg(long, global = true, env = "R3FS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// File holding the user token (e.g. the one init-cluster wrote).
