@@ -10,6 +10,10 @@
 //!   address; chunk writes to the chain head, batch reads spread over serving replicas, last-chunk
 //!   queries, truncation and chunk removal; retries with backoff and bounds; in-flight byte
 //!   windows per connection and overall. The meta service uses it without a mount.
+//! - [`MetaClient`]: the meta service's gRPC API with the token, deadlines and failover.
+//! - [`FileClient`] / [`File`]: `open`/`create`/`read_at`/`write_at`/`fsync`/`truncate`/`len`/
+//!   `close` over both; writers report their written length to meta periodically and on
+//!   fsync/close.
 //! - [`FileMap`] and [`plan`]: the pure mapping from file ranges to chunks and chains.
 //!
 //! Invariants:
@@ -27,6 +31,8 @@
 pub mod config;
 mod conn;
 pub mod error;
+pub mod file;
+pub mod meta;
 pub mod plan;
 pub mod retry;
 pub mod routing;
@@ -34,6 +40,8 @@ pub mod storage;
 
 pub use config::ClientConfig;
 pub use error::{ClientError, ClientResult};
+pub use file::{File, FileClient, OpenOptions};
+pub use meta::MetaClient;
 pub use plan::FileMap;
 pub use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
 pub use routing::{RoutingCache, RoutingSnapshot, RoutingSource};

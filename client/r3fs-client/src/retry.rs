@@ -42,7 +42,13 @@ pub fn disposition(code: ErrorCode, op: Op) -> Disposition {
     use ErrorCode as E;
     match code {
         // The routing moved: the target is no longer head/serving, or the chain version changed.
-        E::StaleChainVersion | E::NotHead | E::TargetNotServing | E::ChainNotFound => REFRESH,
+        // A storage daemon answers TargetNotFound / ChainNotFound for a target it no longer
+        // hosts (dropped after going offline): also a sign of stale routing.
+        E::StaleChainVersion
+        | E::NotHead
+        | E::TargetNotServing
+        | E::ChainNotFound
+        | E::TargetNotFound => REFRESH,
         // The replica cannot answer this one right now; another replica (for reads: the tail
         // commits first) or a later attempt can.
         E::ChunkNotCommitted => ELSEWHERE,
@@ -165,7 +171,7 @@ mod tests {
 
     /// Every code the ErrorCode table calls non-retryable is also final here, except a corrupt
     /// chunk on a read (another replica holds a good copy) and a storage target that does not
-    /// know the chain (the client's routing is older than the target's).
+    /// know the chain or target (the client's routing is older than the daemon's).
     #[test]
     fn never_retries_what_the_code_table_calls_final() {
         for &code in ErrorCode::ALL {
@@ -174,7 +180,7 @@ mod tests {
                 if d.retry && !code.is_retryable() {
                     assert!(
                         (code, op) == (ErrorCode::ChunkCorrupt, Op::Read)
-                            || code == ErrorCode::ChainNotFound,
+                            || matches!(code, ErrorCode::ChainNotFound | ErrorCode::TargetNotFound),
                         "{code} {op:?}"
                     );
                 }
