@@ -81,9 +81,16 @@ pub(crate) struct TxnBuffer {
     size_bytes: usize,
 }
 
-fn check_key(key: &[u8]) -> Result<(), KvError> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), KvError> {
     if key.len() > KEY_SIZE_MAX {
         return Err(KvError::TooLarge { what: "key", size: key.len(), limit: KEY_SIZE_MAX });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > VALUE_SIZE_MAX {
+        return Err(KvError::TooLarge { what: "value", size: value.len(), limit: VALUE_SIZE_MAX });
     }
     Ok(())
 }
@@ -100,13 +107,7 @@ impl TxnBuffer {
 
     pub(crate) fn set(&mut self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         check_key(key)?;
-        if value.len() > VALUE_SIZE_MAX {
-            return Err(KvError::TooLarge {
-                what: "value",
-                size: value.len(),
-                limit: VALUE_SIZE_MAX,
-            });
-        }
+        check_value(value)?;
         self.charge(key.len() + value.len())?;
         self.points.insert(key.to_vec(), PointOp::Set(value.to_vec()));
         Ok(())

@@ -2,7 +2,7 @@
 //!
 //! ```toml
 //! [kv]
-//! backend = "fjall"            # "memory" | "fjall" | "fdb"
+//! backend = "fjall"            # "memory" | "fjall" | "fdb" | "remote"
 //! [kv.fjall]
 //! path = "/var/lib/r3fs/meta-kv"
 //! durability = "sync_data"     # "sync_data" | "sync_all" | "buffer"
@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::remote::{RemoteConfig, RemoteKv};
 use crate::{FjallConfig, FjallKv, Kv, KvError, MemoryConfig, MemoryKv, RetryPolicy};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -26,6 +27,8 @@ pub enum Backend {
     #[default]
     Fjall,
     Fdb,
+    /// A KV server (`r3fs-kvd`) shared by several processes.
+    Remote,
 }
 
 /// Configuration of the FoundationDB backend. Parsed by every build so config files do not depend
@@ -48,6 +51,7 @@ pub struct KvConfig {
     pub memory: MemoryConfig,
     pub fjall: FjallConfig,
     pub fdb: FdbConfig,
+    pub remote: RemoteConfig,
     /// How callers retry conflicting transactions ([`crate::retry::run`]).
     pub retry: RetryPolicy,
 }
@@ -63,6 +67,7 @@ impl KvConfig {
             Backend::Fdb => {
                 Err(vec!["kv.backend = \"fdb\" needs a build with the `fdb` feature".to_string()])
             }
+            Backend::Remote => self.remote.validate(),
         };
         errors.extend(backend.err().unwrap_or_default());
         errors.extend(self.retry.validate().err().unwrap_or_default());
@@ -79,6 +84,7 @@ pub fn open(config: &KvConfig) -> Result<Arc<dyn Kv>, KvError> {
         Backend::Memory => Ok(Arc::new(MemoryKv::new(&config.memory))),
         Backend::Fjall => Ok(Arc::new(FjallKv::open(&config.fjall)?)),
         Backend::Fdb => open_fdb(&config.fdb),
+        Backend::Remote => Ok(Arc::new(RemoteKv::connect_lazy(&config.remote)?)),
     }
 }
 

@@ -34,6 +34,8 @@
 //! The memory and embedded backends share one implementation of read-your-writes, conflict
 //! tracking and limits (`buffer`, `ranges`, `optimistic`), so they cannot drift apart; the
 //! `conformance` suite (feature `conformance`) holds every backend to the same behaviour.
+//! The `remote` backend ([`RemoteKv`], served by the `r3fs-kvd` binary) lets several processes,
+//! such as mgmtd instances electing a primary, share one embedded store.
 //! Design note: `docs/design/kv.md`.
 
 use async_trait::async_trait;
@@ -49,11 +51,13 @@ pub mod fdb;
 pub mod memory;
 mod optimistic;
 mod ranges;
+pub mod remote;
 pub mod retry;
 
 pub use config::{KvConfig, open};
 pub use embedded::{CommitStats, Durability, FjallConfig, FjallKv};
 pub use memory::{MemoryConfig, MemoryKv};
+pub use remote::{RemoteConfig, RemoteKv};
 pub use retry::{RetryPolicy, Retryable};
 
 /// FoundationDB's limits, enforced by every backend.

@@ -25,6 +25,10 @@ pub mod meta {
     tonic::include_proto!("r3fs.meta");
 }
 
+pub mod kv {
+    tonic::include_proto!("r3fs.kv");
+}
+
 pub mod mgmtd_client;
 
 /// gRPC metadata key that carries the numeric r3fs error code.
