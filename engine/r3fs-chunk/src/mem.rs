@@ -74,6 +74,7 @@ struct Disk {
     mutating_ops: u64,
     crash_at_op: Option<u64>,
     fail_syncs_after: Option<u64>,
+    next_read_delay_yields: u32,
     crashes: u64,
 }
 
@@ -239,6 +240,7 @@ impl MemDisk {
                 mutating_ops: 0,
                 crash_at_op: None,
                 fail_syncs_after: None,
+                next_read_delay_yields: 0,
                 crashes: 0,
             })),
         }
@@ -273,6 +275,12 @@ impl MemDisk {
     /// Makes every `sync_data` after the next `syncs` ones fail with EIO (`None` disarms).
     pub fn fail_syncs_after(&self, syncs: Option<u64>) {
         self.disk.borrow_mut().fail_syncs_after = syncs;
+    }
+
+    /// Makes the next read take `yields` extra turns of the executor (a slow read racing
+    /// with updates).
+    pub fn delay_next_read(&self, yields: u32) {
+        self.disk.borrow_mut().next_read_delay_yields = yields;
     }
 
     pub fn set_capacity(&self, capacity_bytes: Option<u64>) {
@@ -373,6 +381,10 @@ impl DeviceFile for MemFile {
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         maybe_yield(&self.disk).await;
+        let delay = std::mem::take(&mut self.disk.borrow_mut().next_read_delay_yields);
+        for _ in 0..delay {
+            YieldOnce(false).await;
+        }
         let disk = self.disk.borrow();
         live(&disk, self.boot)?;
         disk.check_aligned(offset, len)?;
@@ -403,8 +415,10 @@ impl DeviceFile for MemFile {
         let id = self.id;
         let sync = move |d: &mut Disk| {
             if let Some(state) = d.files.get_mut(&id) {
-                state.durable = state.current.clone();
-                state.unsynced.clear();
+                // Replaying the unsynced operations costs what they wrote, not the file size.
+                for op in std::mem::take(&mut state.unsynced) {
+                    apply(&mut state.durable, &op);
+                }
             }
         };
         disk.mutating(sync)?;

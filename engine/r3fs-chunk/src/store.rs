@@ -402,6 +402,8 @@ struct Shared<D: Device> {
     files: Vec<D::File>,
     config: StoreConfig,
     inner: RefCell<Inner<D>>,
+    /// Live [`ChunkStore`] handles.
+    handles: std::cell::Cell<usize>,
 }
 
 impl<D: Device> Shared<D> {
@@ -415,13 +417,40 @@ impl<D: Device> Shared<D> {
 }
 
 /// The chunk store of one target. Clone it freely (a handle); every clone is the same store.
+/// When the last handle is dropped the flusher finishes the queued commits and stops, which
+/// releases the device (and the target's lock).
 pub struct ChunkStore<D: Device> {
     shared: Rc<Shared<D>>,
+    /// Whether this handle counts in `Shared::handles` (the flusher's own does not).
+    counted: bool,
+}
+
+impl<D: Device> ChunkStore<D> {
+    fn new_handle(shared: Rc<Shared<D>>) -> Self {
+        shared.handles.set(shared.handles.get() + 1);
+        ChunkStore { shared, counted: true }
+    }
 }
 
 impl<D: Device> Clone for ChunkStore<D> {
     fn clone(&self) -> Self {
-        ChunkStore { shared: self.shared.clone() }
+        ChunkStore::new_handle(self.shared.clone())
+    }
+}
+
+impl<D: Device> Drop for ChunkStore<D> {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let left = self.shared.handles.get() - 1;
+        self.shared.handles.set(left);
+        if left == 0 {
+            if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
+                inner.closing = true;
+                inner.wake_flusher();
+            }
+        }
     }
 }
 
@@ -747,8 +776,14 @@ impl<D: Device> ChunkStore<D> {
             compaction_requested: false,
             stats,
         };
-        let shared = Rc::new(Shared { device, files, config, inner: RefCell::new(inner) });
-        let store = ChunkStore { shared: shared.clone() };
+        let shared = Rc::new(Shared {
+            device,
+            files,
+            config,
+            inner: RefCell::new(inner),
+            handles: std::cell::Cell::new(0),
+        });
+        let store = ChunkStore::new_handle(shared.clone());
         store.extend_log().await;
         if let Some(why) = shared.inner().failed.clone() {
             return Err(OpenError::Corrupt(why));
@@ -788,6 +823,20 @@ impl<D: Device> ChunkStore<D> {
             .chunks
             .range(start..)
             .filter(|(_, e)| e.committed.is_some())
+            .take(limit.min(LIST_MAX))
+            .map(|(chunk, e)| chunk_meta(*chunk, e))
+            .collect()
+    }
+
+    /// Chunks with a staged (pending) version from `start` on, in `ChunkId` order, at most
+    /// `limit` (capped at [`LIST_MAX`]): a replica that becomes its chain's head scans them to
+    /// roll forward updates it did not order itself.
+    pub fn list_staged(&self, start: ChunkId, limit: usize) -> Vec<ChunkMeta> {
+        let inner = self.shared.inner.borrow();
+        inner
+            .chunks
+            .range(start..)
+            .filter(|(_, e)| e.pending.is_some())
             .take(limit.min(LIST_MAX))
             .map(|(chunk, e)| chunk_meta(*chunk, e))
             .collect()
@@ -841,6 +890,25 @@ impl<D: Device> ChunkStore<D> {
                 .ok_or(StoreError::ChunkNotFound(chunk))?
         };
         self.read_state(chunk, state, offset, len).await
+    }
+
+    /// Reads bytes of a chunk's staged (pending) version, verifying every unit's checksum: a
+    /// chain replica re-sends a pending version whole when its successor lacks the base.
+    /// `Ok(None)` when nothing is staged, or the staged version removes the chunk.
+    pub async fn read_pending(
+        &self,
+        chunk: ChunkId,
+        offset: u32,
+        len: u32,
+    ) -> Result<Option<ReadOutcome<D::ReadBuf>>, StoreError> {
+        let state = {
+            let inner = self.shared.inner.borrow();
+            match inner.chunks.get(&chunk).and_then(|e| e.pending) {
+                Some(Pending { change: Change::Put(state), .. }) => state,
+                _ => return Ok(None),
+            }
+        };
+        self.read_state(chunk, state, offset, len).await.map(Some)
     }
 
     /// Reads many chunks concurrently; results are in request order.
@@ -1692,7 +1760,7 @@ enum Work {
 impl<D: Device> Flusher<D> {
     /// Runs until the store is closed (or fails and is closed).
     pub async fn run(self) {
-        let store = ChunkStore { shared: self.shared };
+        let store = ChunkStore { shared: self.shared, counted: false };
         loop {
             let work = poll_fn(|cx| {
                 let mut inner = store.shared.inner();
