@@ -156,25 +156,36 @@ impl Server {
     /// Stops serving (in-flight requests get the configured grace), stops the timers and releases
     /// the lease so another instance can take over at once.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        let mgmtd = self.mgmtd.clone();
+        let served = self.stop().await;
+        match mgmtd.release_lease().await {
+            Ok(true) => tracing::info!("released the mgmtd lease"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "could not release the mgmtd lease"),
+        }
+        served
+    }
+
+    /// Stops serving and the timers but keeps the lease, as a crash would: another instance takes
+    /// over only once the lease expires. For failover tests.
+    pub async fn stop_without_release(self) -> Result<(), ServeError> {
+        self.stop().await
+    }
+
+    async fn stop(self) -> Result<(), ServeError> {
         self.shutdown.send_replace(true);
         for timer in self.timers {
             let _ = timer.await;
         }
         let mut grpc = self.grpc;
-        let served = match tokio::time::timeout(self.grace, &mut grpc).await {
+        match tokio::time::timeout(self.grace, &mut grpc).await {
             Ok(result) => result?.map_err(ServeError::from),
             Err(_) => {
                 tracing::warn!(grace = ?self.grace, "requests still running after the shutdown grace; aborting them");
                 grpc.abort();
                 Ok(())
             }
-        };
-        match self.mgmtd.release_lease().await {
-            Ok(true) => tracing::info!("released the mgmtd lease"),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "could not release the mgmtd lease"),
         }
-        served
     }
 }
 
