@@ -123,9 +123,21 @@ impl MgmtdRpc for MgmtdService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        // Any valid token: the node was authorized at registration; heartbeats are frequent.
-        self.caller(&request, Access::User).await?;
+        // Like registration: a server's heartbeats (which set its targets' states) need an admin
+        // token, a client's any valid token.
+        let user = self.caller(&request, Access::User).await?;
         let request = request.into_inner();
+        let node = NodeId(request.node_id);
+        let node_type = self
+            .mgmtd
+            .read(move |txn| Box::pin(async move { store::node_type_of(txn, node).await }))
+            .await?;
+        if node_type.is_some_and(|t| t != NodeType::Client) && !user.admin {
+            return Err(Status::from(MgmtdError::refused(
+                ErrorCode::PermissionDenied,
+                format!("heartbeats of node {node} need an admin token"),
+            )));
+        }
         let mut targets =
             Vec::with_capacity(request.targets.len().min(store::HEARTBEAT_TARGETS_MAX));
         for report in request.targets.iter().take(store::HEARTBEAT_TARGETS_MAX + 1) {

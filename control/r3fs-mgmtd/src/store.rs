@@ -558,6 +558,11 @@ pub async fn sync_mgmtd_nodes(
     if changed { Ok(Some(bump_routing_version(txn).await?)) } else { Ok(None) }
 }
 
+/// The type of a registered node, if any.
+pub async fn node_type_of(txn: &mut dyn Txn, node_id: NodeId) -> Result<Option<NodeType>> {
+    Ok(records::get::<NodeRecord>(txn, &keys::node(node_id), Snapshot).await?.map(|n| n.node_type))
+}
+
 /// Every non-mgmtd node whose stored status is HEARTBEAT_CONNECTED, with its heartbeat version
 /// (a new primary starts failure detection from these).
 pub async fn connected_nodes(txn: &mut dyn Txn) -> Result<Vec<(NodeId, u64)>> {

@@ -160,6 +160,18 @@ async fn tokens_users_and_configs() {
     let client_node =
         alice.register_node(register(0, pb::NodeType::Client)).await.expect("client node");
     assert!(client_node.node_id >= 1 << 30, "allocated id {}", client_node.node_id);
+    let beat =
+        |node_id| pb::HeartbeatRequest { node_id, heartbeat_version: 1, ..Default::default() };
+    alice.heartbeat(beat(client_node.node_id)).await.expect("a client node's heartbeat");
+    admin
+        .register_node(register(10, pb::NodeType::Storage))
+        .await
+        .expect("admin registers storage");
+    assert_eq!(
+        code(alice.heartbeat(beat(10)).await),
+        ErrorCode::PermissionDenied,
+        "forged server heartbeat"
+    );
     let duplicate = admin
         .add_user(admin_pb::AddUserRequest {
             name: "alice".into(),
