@@ -5,7 +5,7 @@
 use r3fs_rpc::error_from_status;
 use r3fs_rpc::meta::meta_client::MetaClient;
 use r3fs_rpc::meta::{self as pb};
-use r3fs_testkit::{Proc, binary, free_port};
+use r3fs_testkit::{Proc, free_port};
 use r3fs_types::ErrorCode;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,8 +44,15 @@ gid = 1000
     path
 }
 
+/// This crate's own binary, built by `cargo test` with the test's feature set.
+/// (`r3fs_testkit::binary` runs `cargo build`, whose feature unification differs from
+/// `cargo test`'s here and rebuilds the crate on every run: a minute on this machine.)
+fn meta_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_r3fs-meta")
+}
+
 fn start(config: &Path) -> (Proc, String) {
-    let mut command = Command::new(binary("r3fs-meta", "r3fs-meta"));
+    let mut command = Command::new(meta_binary());
     command.arg("--config").arg(config).env("RUST_LOG", "info");
     let mut proc = Proc::spawn("r3fs-meta", command);
     let line = proc.wait_for_line("r3fs-meta listening on", Duration::from_secs(60));
@@ -248,7 +255,7 @@ fn an_invalid_config_is_refused_with_every_problem() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "listen = \"nowhere\"\n[meta]\nsession_timeout_ms = 1\n").expect("write");
-    let output = Command::new(binary("r3fs-meta", "r3fs-meta"))
+    let output = Command::new(meta_binary())
         .arg("--config")
         .arg(&path)
         .output()
