@@ -250,11 +250,13 @@ pub struct PlacedChain {
 /// How the local search ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct SearchStats {
+    /// Greedy starts tried (see [`STARTS_MAX`]); the other counts sum over them.
+    pub starts: u32,
     pub passes: u32,
     pub swaps: u64,
     pub evaluations: u64,
-    /// Whether the last pass found no improving swap (a local optimum), rather than running out of
-    /// passes or evaluations.
+    /// Whether the kept start's last pass found no improving swap (a local optimum), rather than
+    /// running out of passes or evaluations.
     pub converged: bool,
 }
 
@@ -283,23 +285,39 @@ pub fn generate(spec: &PlacementSpec) -> Result<Placement, PlacementError> {
     let r = spec.targets_per_disk;
     let b = spec.chains_per_disk() as usize;
 
-    // members[d][c]: node indexes (into `nodes`) of chain c of disk index d, sorted.
-    let mut planes: Vec<Vec<Vec<u32>>> = Vec::with_capacity(disks as usize);
-    let peer_slots_per_disk = u64::from(r) * (k as u64 - 1);
-    let mut pairs = PairMatrix::new(v, peer_slots_per_disk * u64::from(disks));
-    let mut disk_pairs = PairMatrix::new(v, peer_slots_per_disk);
-    for d in 0..disks as usize {
-        let plane = greedy_plane(v, k, r, b, d * b, &mut pairs, &mut disk_pairs);
-        clear_plane(&mut disk_pairs, &plane);
-        planes.push(plane);
+    // planes[d][c]: node indexes (into `nodes`) of chain c of disk index d, sorted. Several
+    // starts differ only in how the greedy breaks ties; the best result is kept. Later starts run
+    // only while half the work bound is unspent, so large placements get one thorough start.
+    let shape = Shape { v, k, r, b, disks: disks as usize };
+    let mut best: Option<(Score, Vec<Vec<Vec<u32>>>)> = None;
+    let mut search =
+        SearchStats { starts: 0, passes: 0, swaps: 0, evaluations: 0, converged: false };
+    let starts = if k > 1 && k < v { STARTS_MAX } else { 1 };
+    let pair_slots = u64::from(disks) * u64::from(r) * (k as u64).saturating_sub(1);
+    let peers = (v as u64).saturating_sub(1).max(1);
+    let ideal_max = pair_slots.div_ceil(peers) as u32;
+    let ideal_min = (pair_slots / peers) as u32;
+    for start in 0..starts {
+        if start > 0 && search.evaluations >= SWAP_EVALUATIONS_MAX / 2 {
+            break;
+        }
+        let (planes, score, stats) =
+            build_start(&shape, start, SWAP_EVALUATIONS_MAX - search.evaluations);
+        search.starts += 1;
+        search.passes += stats.passes;
+        search.swaps += stats.swaps;
+        search.evaluations += stats.evaluations;
+        let ideal = score.0 <= ideal_max && score.1.0 >= ideal_min;
+        if best.as_ref().is_none_or(|(best_score, _)| score < *best_score) {
+            search.converged = stats.converged;
+            best = Some((score, planes));
+        }
+        if ideal {
+            // Every pair within [floor(mean), ceil(mean)]: no start can do better.
+            break;
+        }
     }
-    // With one replica there are no pairs, and with k = v every chain holds every node: nothing
-    // to improve either way.
-    let search = if k > 1 && k < v {
-        local_search(&mut planes, &mut pairs, &mut disk_pairs)
-    } else {
-        SearchStats { passes: 0, swaps: 0, evaluations: 0, converged: true }
-    };
+    let (_, planes) = best.expect("at least one start ran");
 
     let ordered_planes = order_members(&planes, v, k);
 
@@ -336,6 +354,59 @@ pub fn generate(spec: &PlacementSpec) -> Result<Placement, PlacementError> {
         panic!("placement violates its invariants: {}", problems.join("; "));
     }
     Ok(placement)
+}
+
+/// Starts of greedy plus local search, each breaking the greedy's ties differently.
+pub const STARTS_MAX: u32 = 8;
+
+/// Dimensions of one placement run.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    v: usize,
+    k: usize,
+    r: u32,
+    b: usize,
+    disks: usize,
+}
+
+/// How good a start's result is; lower is better: the largest node-pair count, then the smallest
+/// (negated), then the objective of the local search.
+type Score = (u32, std::cmp::Reverse<u32>, i128, i128);
+
+/// One start: the greedy with tie-break variant `start`, then the local search within
+/// `evaluations_max`.
+fn build_start(
+    shape: &Shape,
+    start: u32,
+    evaluations_max: u64,
+) -> (Vec<Vec<Vec<u32>>>, Score, SearchStats) {
+    let Shape { v, k, r, b, disks } = *shape;
+    let peer_slots_per_disk = u64::from(r) * (k as u64 - 1);
+    let mut pairs = PairMatrix::new(v, peer_slots_per_disk * disks as u64);
+    let mut disk_pairs = PairMatrix::new(v, peer_slots_per_disk);
+    let mut planes = Vec::with_capacity(disks);
+    for d in 0..disks {
+        let plane = greedy_plane(shape, start, d * b, &mut pairs, &mut disk_pairs);
+        clear_plane(&mut disk_pairs, &plane);
+        planes.push(plane);
+    }
+    // With one replica there are no pairs, and with k = v every chain holds every node: nothing
+    // to improve either way.
+    let stats = if k > 1 && k < v {
+        local_search(&mut planes, &mut pairs, &mut disk_pairs, evaluations_max)
+    } else {
+        SearchStats { starts: 1, passes: 0, swaps: 0, evaluations: 0, converged: true }
+    };
+    let mut disk_cost = 0;
+    for plane in &planes {
+        for chain in plane {
+            disk_pairs.add_chain(chain, 1);
+        }
+        disk_cost += disk_pairs.total_cost();
+        clear_plane(&mut disk_pairs, plane);
+    }
+    let score = (pairs.max(), std::cmp::Reverse(pairs.min()), pairs.total_cost(), disk_cost);
+    (planes, score, stats)
 }
 
 /// Orders each chain's members (head first) so that every node holds about the same number of
@@ -424,6 +495,24 @@ impl PairMatrix {
         Self { v, counts: vec![0; v * v], up_cost, peers: peers as u64, pair_slots_per_node }
     }
 
+    /// Largest and smallest count over distinct pairs.
+    fn max(&self) -> u32 {
+        self.off_diagonal().max().unwrap_or(0)
+    }
+
+    fn min(&self) -> u32 {
+        self.off_diagonal().min().unwrap_or(0)
+    }
+
+    fn off_diagonal(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.v).flat_map(move |a| (a + 1..self.v).map(move |b| self.counts[a * self.v + b]))
+    }
+
+    /// The objective: the summed cost of every pair's count.
+    fn total_cost(&self) -> i128 {
+        self.off_diagonal().map(|p| (0..p as usize).map(|q| self.up_cost[q]).sum::<i128>()).sum()
+    }
+
     /// Whether some pair of `members` is counted at least one above the mean.
     fn is_hot(&self, members: &[u32]) -> bool {
         members.iter().enumerate().any(|(i, &a)| {
@@ -475,14 +564,13 @@ fn clear_plane(disk_pairs: &mut PairMatrix, plane: &[Vec<u32>]) {
 /// capacities sum to `k * left`) keeps that true for the next chain, so the greedy never gets
 /// stuck.
 fn greedy_plane(
-    v: usize,
-    k: usize,
-    r: u32,
-    b: usize,
+    shape: &Shape,
+    start: u32,
     first_chain: usize,
     pairs: &mut PairMatrix,
     disk_pairs: &mut PairMatrix,
 ) -> Vec<Vec<u32>> {
+    let Shape { v, k, r, b, .. } = *shape;
     let mut cap = vec![r; v];
     let mut plane = Vec::with_capacity(b);
     for c in 0..b {
@@ -498,7 +586,9 @@ fn greedy_plane(
             let cap_floor = cap_max.expect("at least k nodes have capacity left").max(2) - 1;
             // Rotate ties by the global chain number so equal nodes take turns rather than the
             // lowest index always winning.
-            let turn = (first_chain + c) % v;
+            // Each start walks the nodes with another stride.
+            let stride = 2 * start as usize + 1;
+            let turn = ((first_chain + c) * stride + start as usize) % v;
             let pick = (0..v as u32)
                 .filter(|&i| open(i) && cap[i as usize] >= cap_floor)
                 .min_by_key(|&i| {
@@ -549,10 +639,12 @@ fn local_search(
     planes: &mut [Vec<Vec<u32>>],
     pairs: &mut PairMatrix,
     disk_pairs: &mut PairMatrix,
+    evaluations_max: u64,
 ) -> SearchStats {
-    let mut stats = SearchStats { passes: 0, swaps: 0, evaluations: 0, converged: false };
+    let mut stats =
+        SearchStats { starts: 1, passes: 0, swaps: 0, evaluations: 0, converged: false };
     for focused in [true, false] {
-        while stats.passes < LOCAL_SEARCH_PASSES_MAX && stats.evaluations < SWAP_EVALUATIONS_MAX {
+        while stats.passes < LOCAL_SEARCH_PASSES_MAX && stats.evaluations < evaluations_max {
             stats.passes += 1;
             let mut improved = false;
             for plane in planes.iter_mut() {
@@ -565,7 +657,7 @@ fn local_search(
                     }
                     let first = if focused { 0 } else { i + 1 };
                     for j in first..plane.len() {
-                        if stats.evaluations >= SWAP_EVALUATIONS_MAX {
+                        if stats.evaluations >= evaluations_max {
                             break;
                         }
                         if j != i && try_swap(plane, i, j, pairs, disk_pairs, &mut stats) {
@@ -576,7 +668,7 @@ fn local_search(
                 clear_plane(disk_pairs, plane);
             }
             if !improved {
-                stats.converged = !focused && stats.evaluations < SWAP_EVALUATIONS_MAX;
+                stats.converged = !focused && stats.evaluations < evaluations_max;
                 break;
             }
         }
@@ -896,7 +988,8 @@ impl fmt::Display for BalanceReport {
         )?;
         write!(
             f,
-            "local search: {} passes, {} swaps, {} evaluations, {}",
+            "local search: {} starts, {} passes, {} swaps, {} evaluations, {}",
+            self.search.starts,
             self.search.passes,
             self.search.swaps,
             self.search.evaluations,
@@ -1020,7 +1113,7 @@ mod tests {
     }
 
     fn arbitrary_spec() -> impl Strategy<Value = PlacementSpec> {
-        (1u32..=24, 1u32..=6, 1u32..=16, 1u32..=5).prop_filter_map(
+        (1u32..=16, 1u32..=4, 1u32..=12, 1u32..=5).prop_filter_map(
             "replication fits the nodes",
             |(nodes, disks, min_targets, replication)| {
                 let replication = replication.min(nodes);
