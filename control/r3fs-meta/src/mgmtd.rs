@@ -105,3 +105,154 @@ impl ClusterInfo for MgmtdClusterInfo {
             .map(|t| t.chain_ids.len() as u32))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    //! Against a fake mgmtd that answers only ResolveToken and GetRoutingInfo, and checks that
+    //! the meta service authenticates itself with its own token.
+
+    use super::*;
+    use r3fs_rpc::mgmtd::mgmtd_server::{Mgmtd, MgmtdServer};
+    use r3fs_rpc::mgmtd::{self as pb};
+    use r3fs_rpc::mgmtd_client::{MgmtdClientConfig, token_from_metadata};
+    use r3fs_rpc::status_from_error;
+    use r3fs_types::ErrorCode;
+    use tonic::{Request, Response, Status};
+
+    const META_TOKEN: &str = "meta-service-token";
+
+    #[derive(Debug)]
+    struct FakeMgmtd;
+
+    fn unimplemented<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+
+    fn check_caller<T>(request: &Request<T>) -> Result<(), Status> {
+        match token_from_metadata(request.metadata()) {
+            Some(META_TOKEN) => Ok(()),
+            _ => Err(status_from_error(ErrorCode::Unauthenticated, "caller token")),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Mgmtd for FakeMgmtd {
+        async fn get_primary(
+            &self,
+            _: Request<pb::GetPrimaryRequest>,
+        ) -> Result<Response<pb::GetPrimaryResponse>, Status> {
+            unimplemented()
+        }
+        async fn register_node(
+            &self,
+            _: Request<pb::RegisterNodeRequest>,
+        ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+            unimplemented()
+        }
+        async fn heartbeat(
+            &self,
+            _: Request<pb::HeartbeatRequest>,
+        ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+            unimplemented()
+        }
+        async fn get_routing_info(
+            &self,
+            request: Request<pb::GetRoutingInfoRequest>,
+        ) -> Result<Response<pb::GetRoutingInfoResponse>, Status> {
+            check_caller(&request)?;
+            let target =
+                |id, used_bytes| pb::TargetInfo { target_id: id, used_bytes, ..Default::default() };
+            let routing = pb::RoutingInfo {
+                routing_version: 7,
+                chain_tables: vec![pb::ChainTable {
+                    table_id: 1,
+                    version: 2,
+                    chain_ids: vec![1, 2, 3],
+                    description: String::new(),
+                }],
+                targets: vec![target(1, 100), target(2, 250)],
+                ..Default::default()
+            };
+            Ok(Response::new(pb::GetRoutingInfoResponse { changed: true, routing: Some(routing) }))
+        }
+        type WatchRoutingInfoStream = futures::stream::Empty<Result<pb::RoutingInfo, Status>>;
+        async fn watch_routing_info(
+            &self,
+            _: Request<pb::WatchRoutingInfoRequest>,
+        ) -> Result<Response<Self::WatchRoutingInfoStream>, Status> {
+            unimplemented()
+        }
+        async fn get_config(
+            &self,
+            _: Request<pb::GetConfigRequest>,
+        ) -> Result<Response<pb::ConfigVersion>, Status> {
+            unimplemented()
+        }
+        async fn list_config_versions(
+            &self,
+            _: Request<pb::ListConfigVersionsRequest>,
+        ) -> Result<Response<pb::ListConfigVersionsResponse>, Status> {
+            unimplemented()
+        }
+        async fn resolve_token(
+            &self,
+            request: Request<pb::ResolveTokenRequest>,
+        ) -> Result<Response<pb::ResolveTokenResponse>, Status> {
+            check_caller(&request)?;
+            if request.get_ref().token != "alice" {
+                return Err(status_from_error(ErrorCode::Unauthenticated, "unknown token"));
+            }
+            let user = pb::User {
+                uid: 1000,
+                gid: 100,
+                groups: vec![7, 8],
+                admin: false,
+                ..Default::default()
+            };
+            Ok(Response::new(pb::ResolveTokenResponse { user: Some(user) }))
+        }
+    }
+
+    async fn fake_mgmtd() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MgmtdServer::new(FakeMgmtd))
+                .serve_with_incoming(incoming),
+        );
+        address
+    }
+
+    fn client(address: &str, token: &str) -> MgmtdClient {
+        let mut config = MgmtdClientConfig::new(vec![address.to_string()], Some(token.to_string()));
+        config.attempts_max = 2;
+        MgmtdClient::new(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn resolves_tokens_through_mgmtd() {
+        let address = fake_mgmtd().await;
+        let resolver = MgmtdUserResolver::new(client(&address, META_TOKEN));
+        let user = resolver.resolve("alice").await.unwrap();
+        assert_eq!(user, User { uid: 1000, gid: 100, groups: vec![7, 8], admin: false });
+        let unknown = resolver.resolve("mallory").await.unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::Unauthenticated);
+        // mgmtd refuses a meta service that does not present a valid token of its own.
+        let impostor = MgmtdUserResolver::new(client(&address, "wrong"));
+        assert_eq!(impostor.resolve("alice").await.unwrap_err().code, ErrorCode::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn capacity_and_chain_tables_come_from_routing_info() {
+        let address = fake_mgmtd().await;
+        let cluster = MgmtdClusterInfo::new(client(&address, META_TOKEN), Duration::from_secs(60));
+        assert_eq!(cluster.capacity().await.unwrap(), Capacity { total_bytes: 0, used_bytes: 350 });
+        let len = cluster.chain_table_len(ChainTableId(1), ChainTableVersion(2)).await.unwrap();
+        assert_eq!(len, Some(3));
+        let missing = cluster.chain_table_len(ChainTableId(1), ChainTableVersion(3)).await.unwrap();
+        assert_eq!(missing, None);
+    }
+}

@@ -27,7 +27,12 @@ pub struct MetaService {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// Maps an operation's error to its status. Expected outcomes (ENOENT, EEXIST, ...) are the
+/// caller's business; failures of the service itself are logged here, where they are handled.
 fn status(error: MetaError) -> Status {
+    if matches!(error.code, ErrorCode::Internal | ErrorCode::KvIo) {
+        tracing::error!(code = %error.code, message = %error.message, "meta operation failed");
+    }
     status_from_error(error.code, error.message)
 }
 

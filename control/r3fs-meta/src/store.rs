@@ -576,6 +576,10 @@ impl MetaStore {
                     resolver.follow_symlink()?;
                     inode = resolver.resolve(tx, parent.id, target, true).await?;
                 }
+                if inode.is_dir() {
+                    // open(O_CREAT) of an existing directory is EISDIR whatever the access mode.
+                    return Err(MetaError::is_directory(format!("{name:?} is a directory")));
+                }
                 let session = self.open_existing(tx, user, &inode, args.flags, args.client, now)?;
                 return Ok(Opened { inode, created: false, session });
             }
@@ -1312,8 +1316,13 @@ impl MetaStore {
                 }
                 None => false,
             };
-            if !session_live {
-                check_inode(user, &inode, MAY_WRITE)?;
+            if !session_live && let Err(denied) = check_inode(user, &inode, MAY_WRITE) {
+                if close {
+                    // Closing a session that already expired is an expected outcome, not an
+                    // error; without a session or write permission the report is not trusted.
+                    return Ok(LengthOutcome { inode, adopted: false, session_live: false });
+                }
+                return Err(denied);
             }
             let InodeData::File { length, truncate_version, .. } = &mut inode.data else {
                 return Err(MetaError::invalid(format!("{id} is not a regular file")));

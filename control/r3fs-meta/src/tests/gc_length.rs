@@ -93,6 +93,10 @@ async fn reports_never_move_length_backwards_past_a_truncate(backend: Backend) {
         EACCES
     );
     assert!(ok(env.store.report_length(&other, id, session, report(40, 1)).await).adopted);
+    // Closing an unknown session without write permission: a no-op outcome, not an error.
+    let stale_close = ok(env.store.close(&other, id, 12345, report(1 << 30, 1)).await);
+    assert!(!stale_close.session_live && !stale_close.adopted);
+    assert_eq!(stale_close.inode.size(), 40);
     assert_eq!(errno(env.store.report_length(&user, R, None, None).await), EINVAL);
     env.assert_consistent().await;
 }

@@ -89,6 +89,9 @@ async fn create_exclusive_and_not(backend: Backend) {
     assert!(again.session.is_some(), "opened for writing: a session");
     ok(env.store.mkdir(&user, R, "d", 0o755).await);
     assert_eq!(errno(env.store.create(&user, R, "d", &open).await), EISDIR);
+    let read_only =
+        CreateArgs { flags: OpenFlags { read: true, ..Default::default() }, ..open.clone() };
+    assert_eq!(errno(env.store.create(&user, R, "d", &read_only).await), EISDIR);
     assert_eq!(errno(env.store.create(&user, R, "d/.", &open).await), EISDIR);
     assert_eq!(errno(env.store.create(&user, R, "new/", &open).await), EISDIR);
     assert_eq!(errno(env.store.create(&user, R, "nodir/f", &open).await), ENOENT);
