@@ -272,6 +272,17 @@ mod tests {
         }
     }
 
+    /// The documented example names every key and is valid.
+    #[test]
+    fn documented_example_parses_and_validates() {
+        let doc = include_str!("../../../docs/design/storage-daemon.md");
+        let start = doc.find("```toml").expect("example block") + "```toml".len();
+        let end = start + doc[start..].find("```").expect("end of example");
+        let config = StorageConfig::from_toml(&doc[start..end]).expect("example parses");
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!((config.node_id, config.cores, config.listen_port_base), (2, 2, 9200));
+    }
+
     #[test]
     fn memlock_sizing_is_explicit() {
         let config = StorageConfig { cores: 2, io_memory_bytes: 1 << 20, ..minimal() };

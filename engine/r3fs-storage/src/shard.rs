@@ -180,7 +180,8 @@ struct Shard {
     targets: BTreeMap<TargetId, TargetSlot>,
     creating: BTreeMap<TargetId, ()>,
     routing: Option<Arc<RoutingSnapshot>>,
-    sinks: HashMap<ReplyToken, Sink>,
+    /// Pending answers, with the target whose replica owes them.
+    sinks: HashMap<ReplyToken, (TargetId, Sink)>,
     next_token: u64,
     next_internal_seq: u64,
     peers: HashMap<SocketAddr, mpsc::Sender<(Vec<u8>, Bytes)>>,
@@ -383,6 +384,7 @@ fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, tar
     }
     let stale_chain = slot.replica.as_ref().is_some_and(|r| r.chain() != placement.chain);
     let fenced = slot.replica.as_ref().is_some_and(|r| r.fenced().is_some());
+    let mut replaced = false;
     if slot.replica.is_none() || stale_chain || fenced {
         if fenced || stale_chain {
             info!(shard = index, %target, "restarting the replica (fenced or moved)");
@@ -390,7 +392,7 @@ fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, tar
         match Replica::new(replica_config, target, placement.chain) {
             Ok(mut replica) => {
                 replica.handle(Input::Tick { now_ms: now });
-                slot.replica = Some(replica);
+                replaced = slot.replica.replace(replica).is_some();
                 slot.generation += 1;
             }
             Err(error) => {
@@ -411,6 +413,9 @@ fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, tar
             | PublicTargetState::LastServing,
         ) => slot.local_state = LocalTargetState::Online,
         Some(PublicTargetState::Syncing) | None => {}
+    }
+    if replaced {
+        refuse_owed(s, target);
     }
     if let Some(chain) = snapshot.chains.get(&placement.chain) {
         let chain: ChainRouting = chain.clone();
@@ -670,7 +675,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
 // ---------------------------------------------------------------------------------------------
 
 fn answer_write(s: &mut Shard, token: ReplyToken, outcome: WriteOutcome) {
-    let Some(sink) = s.sinks.remove(&token) else { return };
+    let Some((_, sink)) = s.sinks.remove(&token) else { return };
     match sink {
         Sink::Update { conn, request_id, held_bytes } => {
             let reply = match outcome {
@@ -708,6 +713,24 @@ fn answer_write(s: &mut Shard, token: ReplyToken, outcome: WriteOutcome) {
     }
 }
 
+/// Answers every request the replaced replica of `target` still owed: it never will.
+fn refuse_owed(s: &mut Shard, target: TargetId) {
+    let tokens: Vec<ReplyToken> =
+        s.sinks.iter().filter(|(_, (t, _))| *t == target).map(|(token, _)| *token).collect();
+    let refusal = r3fs_craq::Refusal {
+        code: ErrorCode::TargetNotServing,
+        chain_version: r3fs_types::ChainVersion(0),
+    };
+    for token in tokens {
+        let is_read = matches!(s.sinks.get(&token), Some((_, Sink::BatchItem { .. })));
+        if is_read {
+            answer_read(s, token, ReadOutcome::Refused(refusal));
+        } else {
+            answer_write(s, token, WriteOutcome::Refused(refusal));
+        }
+    }
+}
+
 fn finish_remove(state: &RemoveState) {
     let reply = match (state.removed, state.refusal) {
         // Nothing removed and a refusal: report it (a stale chain version names the current one).
@@ -729,7 +752,7 @@ fn finish_remove(state: &RemoveState) {
 }
 
 fn answer_read(s: &mut Shard, token: ReplyToken, outcome: ReadOutcome) {
-    let Some(Sink::BatchItem { batch, index }) = s.sinks.remove(&token) else { return };
+    let Some((_, Sink::BatchItem { batch, index })) = s.sinks.remove(&token) else { return };
     let item = match outcome {
         ReadOutcome::Data(ok) => (
             BatchReadReplyItem {
@@ -1082,8 +1105,8 @@ fn handle_request(
             remember_chunk_size(&mut s, request.chunk_id, request.chunk_size);
             let token = ReplyToken(s.next_token);
             s.next_token += 1;
-            s.sinks
-                .insert(token, Sink::Update { conn: conn.clone(), request_id, held_bytes: held });
+            let sink = Sink::Update { conn: conn.clone(), request_id, held_bytes: held };
+            s.sinks.insert(token, (target, sink));
             let write = WriteRequest {
                 chain: request.chain_id,
                 chain_version: request.chain_version,
@@ -1132,7 +1155,7 @@ fn handle_request(
                     .unwrap_or_default();
                 let token = ReplyToken(s.next_token);
                 s.next_token += 1;
-                s.sinks.insert(token, Sink::BatchItem { batch: batch.clone(), index });
+                s.sinks.insert(token, (target, Sink::BatchItem { batch: batch.clone(), index }));
                 let read = ReadRequest {
                     chain: item.chain_id,
                     chain_version,
@@ -1226,7 +1249,7 @@ fn handle_request(
                 s.next_token += 1;
                 let seq = s.next_internal_seq;
                 s.next_internal_seq += 1;
-                s.sinks.insert(token, Sink::Remove { agg: agg.clone() });
+                s.sinks.insert(token, (target, Sink::Remove { agg: agg.clone() }));
                 let write = WriteRequest {
                     chain: request.chain_id,
                     chain_version: request.chain_version,
