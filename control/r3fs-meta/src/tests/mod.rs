@@ -5,6 +5,7 @@
 mod checks;
 mod concurrency;
 mod gc_length;
+mod model;
 mod namespace;
 mod permissions;
 
