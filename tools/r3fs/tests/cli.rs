@@ -333,8 +333,18 @@ fn storage_nodes_go_from_connected_to_failed_and_uploaded_chains_are_listed() {
     assert!(row.contains("storage-10001") && row.contains("cli-test"), "{row}");
 
     // Upload the generated placement.
+    // One line of create_target_cmd.txt is a valid r3fs command line; the targets file then
+    // creates the rest, leaving the identical existing target alone.
+    let commands = std::fs::read_to_string(output_dir.join("create_target_cmd.txt"))
+        .expect("create-target commands");
+    assert_eq!(commands.lines().count(), 30);
+    let first: Vec<&str> = commands.lines().next().expect("a command").split_whitespace().collect();
+    let mut args = vec!["--token", token.as_str()];
+    args.extend(first);
+    let out = ok(address, &args);
+    assert!(out.contains("Created 1 targets (0 already existed)"), "{out}");
     let out = ok(address, &["--token", &token, "create-targets", path(&targets_file)]);
-    assert!(out.contains("Created 30 targets"), "{out}");
+    assert!(out.contains("Created 29 targets (1 already existed)"), "{out}");
     // As in a real deployment, chains are uploaded once the daemons report their new targets;
     // a chain whose target is not reported yet would start with it OFFLINE, and a target must
     // then resync, which these fake nodes do not do.
