@@ -255,11 +255,7 @@ fn an_invalid_config_is_refused_with_every_problem() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "listen = \"nowhere\"\n[meta]\nsession_timeout_ms = 1\n").expect("write");
-    let output = Command::new(meta_binary())
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .expect("run");
+    let output = Command::new(meta_binary()).arg("--config").arg(&path).output().expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     for needle in ["listen", "session_timeout_ms", "no way to authenticate"] {

@@ -168,6 +168,13 @@ async fn setattr_rules(backend: Backend) {
     let with_session = SetAttr { length: Some(20), session: opened.session, ..Default::default() };
     assert_eq!(ok(env.store.setattr(&bob, R, "d/f", true, &with_session).await).size(), 20);
     assert_eq!(errno(env.store.setattr(&root(), R, "d", true, &grow).await), EISDIR);
+    // A directory's default layout: its owner, root or an admin may set it.
+    let layout = env.store.options().format.root_layout.clone();
+    assert_eq!(errno(env.store.set_layout(&alice, R, "d", &layout).await), EACCES);
+    ok(env.store.mkdir(&alice, R, "d/mine", 0o755).await);
+    ok(env.store.set_layout(&alice, R, "d/mine", &layout).await);
+    let admin = User { admin: true, ..bob.clone() };
+    ok(env.store.set_layout(&admin, R, "d", &layout).await);
     ok(env.store.symlink(&root(), R, "s", "d/f").await);
     assert_eq!(errno(env.store.setattr(&root(), R, "s", false, &grow).await), EINVAL);
     env.assert_consistent().await;
