@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use r3fs_testkit::{Proc, binary, free_port};
+use r3fs_testkit::{Proc, binary, free_port, wait_until};
 use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(120);
@@ -61,6 +61,18 @@ fn primary_of(nodes: &Value) -> Option<u64> {
     nodes.as_array()?.iter().find(|n| n["status"] == "PRIMARY_MGMTD")?["node_id"].as_u64()
 }
 
+/// Polls `list-nodes` until it names `expected` as the primary mgmtd (an instance lists itself
+/// once its first lease renewal is recorded), failing with the last listing after a bound.
+fn wait_for_primary(mgmtd: &str, token: &str, expected: u64) {
+    let mut last = Value::Null;
+    let found = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let text = ok(mgmtd, &["--token", token, "--json", "list-nodes"]);
+        last = serde_json::from_str(&text).expect("list-nodes --json");
+        primary_of(&last) == Some(expected)
+    });
+    assert!(found, "mgmtd {expected} never listed as primary: {last}");
+}
+
 #[test]
 fn the_secondary_takes_over_and_the_cli_follows_it() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -79,15 +91,16 @@ fn the_secondary_takes_over_and_the_cli_follows_it() {
 
     let out = ok(&both, &["init-cluster", "--cluster-id", "failover-test"]);
     let token = out.lines().find(|l| l.starts_with("r3fs-")).expect("admin token line").to_string();
-    let nodes: Value =
-        serde_json::from_str(&ok(&both, &["--token", &token, "--json", "list-nodes"])).expect("json");
-    assert_eq!(primary_of(&nodes), Some(1), "mgmtd 1 is primary first: {nodes}");
+    wait_for_primary(&both, &token, 1);
 
     let killed_at = Instant::now();
     first.kill9();
     // Bounded by three lease timeouts: the lease must expire, then the standby's next renewal
     // attempt claims it; a loaded 2-core machine gets slack.
-    second.wait_for_line("r3fs-mgmtd is primary", Duration::from_millis(3 * LEASE_TIMEOUT_MS + 10_000));
+    second.wait_for_line(
+        "r3fs-mgmtd is primary",
+        Duration::from_millis(3 * LEASE_TIMEOUT_MS + 10_000),
+    );
     println!(
         "takeover observed {} ms after SIGKILL (lease timeout {LEASE_TIMEOUT_MS} ms)",
         killed_at.elapsed().as_millis()
@@ -95,10 +108,9 @@ fn the_secondary_takes_over_and_the_cli_follows_it() {
 
     // The CLI is given both addresses; the first is dead, so it must find and follow the new
     // primary, and the state written through the old primary (the admin user) is still there.
-    let nodes: Value =
-        serde_json::from_str(&ok(&both, &["--token", &token, "--json", "list-nodes"])).expect("json");
-    assert_eq!(primary_of(&nodes), Some(2), "mgmtd 2 is primary after the kill: {nodes}");
+    wait_for_primary(&both, &token, 2);
     let users: Value =
-        serde_json::from_str(&ok(&both, &["--token", &token, "--json", "user-list"])).expect("json");
+        serde_json::from_str(&ok(&both, &["--token", &token, "--json", "user-list"]))
+            .expect("json");
     assert!(users.to_string().contains("admin"), "the admin user survived the takeover: {users}");
 }
