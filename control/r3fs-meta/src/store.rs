@@ -671,7 +671,24 @@ impl MetaStore {
         flags: OpenFlags,
     ) -> MetaResult<Opened> {
         if flags.truncate && !opened.created && opened.inode.kind() == InodeKind::File {
-            opened.inode = self.truncate(user, opened.inode.id, 0, opened.session).await?;
+            let id = opened.inode.id;
+            match self.truncate(user, id, 0, opened.session).await {
+                Ok(inode) => opened.inode = inode,
+                Err(error) => {
+                    // The open failed as a whole: do not leave its session to expire.
+                    if let Some(session) = opened.session {
+                        let key = keys::session_key(id, session);
+                        let ended = transact!(&*self.kv, &self.retry, |tx| {
+                            tx.txn.clear(&key)?;
+                            Ok(())
+                        });
+                        if let Err(e) = ended {
+                            tracing::warn!(inode = %id, session, error = %e, "ending the session of a failed open");
+                        }
+                    }
+                    return Err(error);
+                }
+            }
         }
         Ok(opened)
     }

@@ -176,7 +176,10 @@ async fn without_storage_shrinking_is_refused(backend: Backend) {
     // Two truncates so far (O_TRUNC, then the extension): version 2.
     assert!(ok(env.store.report_length(&user, file.id, None, report(200, 2)).await).adopted);
     assert_eq!(errno(env.store.truncate(&user, file.id, 50, None).await), EOPNOTSUPP);
+    let sessions_before = ok(env.store.sessions(file.id).await).len();
     assert_eq!(errno(env.store.open(&user, R, "f", trunc, ClientId(1)).await), EOPNOTSUPP);
+    let sessions_after = ok(env.store.sessions(file.id).await).len();
+    assert_eq!(sessions_after, sessions_before, "the failed open left no session behind");
     assert_eq!(ok(env.store.stat(&user, R, "f", true).await).size(), 200);
     // Without storage, fsync adopts reports only.
     let synced = ok(env.store.fsync(&user, file.id, None, report(300, 2)).await);
