@@ -34,6 +34,13 @@ struct Daemon {
 }
 
 fn start(dir: &Path, name: &str, config: &str) -> Daemon {
+    let mut daemon = spawn(dir, name, config);
+    daemon.proc.wait_for_line("r3fs-mgmtd is primary", STARTUP);
+    daemon
+}
+
+/// Starts an instance and waits until it serves (primary or not).
+fn spawn(dir: &Path, name: &str, config: &str) -> Daemon {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).expect("write config");
     // Cargo builds this package's binary for its integration tests and names it here, so no
@@ -43,7 +50,6 @@ fn start(dir: &Path, name: &str, config: &str) -> Daemon {
     let mut proc = Proc::spawn(name, command);
     let line = proc.wait_for_line("r3fs-mgmtd listening on", STARTUP);
     let address = line.rsplit(' ').next().expect("address in the readiness line").to_string();
-    proc.wait_for_line("r3fs-mgmtd is primary", STARTUP);
     Daemon { proc, address }
 }
 
@@ -52,7 +58,11 @@ fn memory_config(node_id: u32) -> String {
 }
 
 fn client(address: &str, token: Option<&str>) -> MgmtdClient {
-    let mut config = MgmtdClientConfig::new(vec![address.to_string()], token.map(str::to_string));
+    client_to(vec![address.to_string()], token.map(str::to_string))
+}
+
+fn client_to(addresses: Vec<String>, token: Option<String>) -> MgmtdClient {
+    let mut config = MgmtdClientConfig::new(addresses, token);
     config.request_timeout_ms = 5_000;
     config.attempts_max = 5;
     config.backoff_initial_ms = 20;
@@ -596,4 +606,74 @@ async fn tls_serves_trusted_clients_only() {
     plain.request_timeout_ms = 2_000;
     let plain = MgmtdClient::new(plain).expect("plain client");
     plain.get_primary(pb::GetPrimaryRequest {}).await.expect_err("plain text is refused");
+}
+
+/// Two mgmtd processes share one store through a KV server (r3fs_kv::remote, hosted in this test
+/// process so no second binary has to be built): the second follows the first and redirects
+/// clients to it; after the primary is killed (-9, lease kept) the second takes over once the lease
+/// expires, with the state and tokens intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_a_kv_server_and_fail_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kv_address = serve_kv();
+    let config = |node_id: u32| {
+        format!(
+            "node_id = {node_id}\nlisten = \"127.0.0.1:0\"\n{FAST}\n[kv]\nbackend = \"remote\"\n[kv.remote]\naddress = \"{kv_address}\"\n"
+        )
+    };
+    let mut first = start(dir.path(), "mgmtd-shared-1", &config(1));
+    let mut second = spawn(dir.path(), "mgmtd-shared-2", &config(2));
+
+    let anonymous = client_to(vec![second.address.clone(), first.address.clone()], None);
+    let primary = anonymous.get_primary(pb::GetPrimaryRequest {}).await.expect("get primary");
+    assert_eq!((primary.is_primary, primary.primary_node_id), (false, 1), "the second follows");
+    let init = anonymous
+        .init_cluster(admin_pb::InitClusterRequest {
+            cluster_id: "shared".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init through a redirect");
+    assert_eq!(anonymous.current_address(), first.address);
+
+    let admin = client_to(
+        vec![first.address.clone(), second.address.clone()],
+        Some(init.admin_token.clone()),
+    );
+    admin
+        .create_targets(admin_pb::CreateTargetsRequest { targets: vec![target_spec(1, 9, 1)] })
+        .await
+        .expect("create a target on the first");
+
+    first.proc.kill9();
+    second.proc.wait_for_line("r3fs-mgmtd is primary (epoch 2)", STARTUP);
+    admin
+        .create_targets(admin_pb::CreateTargetsRequest { targets: vec![target_spec(2, 9, 1)] })
+        .await
+        .expect("create a target on the new primary");
+    assert_eq!(admin.current_address(), second.address);
+    let targets = admin.list_targets(admin_pb::ListTargetsRequest {}).await.expect("list").targets;
+    assert_eq!(targets.iter().map(|t| t.target_id).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(second.proc.terminate(Duration::from_secs(10)), "clean exit on SIGTERM");
+}
+
+/// Serves a MemoryKv over loopback from a dedicated thread (it lives until the test process
+/// exits) and returns its address.
+fn serve_kv() -> String {
+    let (ready, address) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("kv server runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            ready.send(listener.local_addr().expect("address")).expect("send address");
+            let kv: Arc<dyn r3fs_kv::Kv> = Arc::new(r3fs_kv::MemoryKv::default());
+            let config = r3fs_kv::remote::ServerConfig::default();
+            r3fs_kv::remote::serve(kv, config, listener, std::future::pending()).await
+        })
+    });
+    address.recv_timeout(Duration::from_secs(10)).expect("kv server address").to_string()
 }
