@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Address to listen on. Bind loopback or a private network: the server authenticates nobody.
-    #[arg(long, default_value = "127.0.0.1:9100")]
+    #[arg(long, default_value = "127.0.0.1:9090")]
     listen: String,
     /// A transaction open longer than this is aborted (answered as a conflict).
     #[arg(long, default_value_t = 5_000)]
