@@ -51,7 +51,7 @@ impl StoreConfig {
                 u64::from(CLASS_BYTES_MAX) + (64 << 10)
             ));
         }
-        if self.log_extent_bytes == 0 || self.log_extent_bytes % UNIT_BYTES as u64 != 0 {
+        if self.log_extent_bytes == 0 || !self.log_extent_bytes.is_multiple_of(UNIT_BYTES as u64) {
             errors.push(format!(
                 "log_extent_bytes ({}) must be a positive multiple of {UNIT_BYTES}",
                 self.log_extent_bytes

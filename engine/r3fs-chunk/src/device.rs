@@ -38,7 +38,7 @@ pub trait DeviceFile {
     async fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
     /// Truncates or extends the file to `len` bytes.
     async fn set_len(&self, len: u64) -> io::Result<()>;
-    async fn len(&self) -> io::Result<u64>;
+    async fn size(&self) -> io::Result<u64>;
 }
 
 /// A directory of files.

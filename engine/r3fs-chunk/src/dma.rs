@@ -9,7 +9,8 @@
 //! - another process (or another store in this one) holds its `LOCK` file (`flock`);
 //! - its file system rejects a 4 KiB O_DIRECT write and read-back (tmpfs, some FUSE and network
 //!   file systems, or a device whose logical block exceeds 4 KiB);
-//! - `RLIMIT_MEMLOCK` is below what the executor's registered IO memory needs.
+//! - `RLIMIT_MEMLOCK` is below what the executor's registered IO memory needs (three rings
+//!   each register it; without CAP_IPC_LOCK the kernel charges every registration).
 //!
 //! It also carries the glommio workarounds of PLATFORM.md: files are always opened read-write
 //! (`DmaFile::create` is write-only), and the first DMA file opened on the executor thread is the
@@ -94,7 +95,9 @@ pub fn memlock_needed_bytes(io_memory_bytes: u64) -> u64 {
     GLOMMIO_RINGS * io_memory_bytes + GLOMMIO_MEMLOCK_MIN_BYTES
 }
 
-/// Checks RLIMIT_MEMLOCK against what the executor registers.
+/// Checks RLIMIT_MEMLOCK against what the executor locks: glommio's own minimum always, and the
+/// registered IO memory unless the process has CAP_IPC_LOCK (then the kernel does not charge
+/// registrations to the limit).
 pub fn check_memlock(io_memory_bytes: u64) -> Result<(), DeviceOpenError> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own and reads nothing else.
@@ -106,17 +109,39 @@ pub fn check_memlock(io_memory_bytes: u64) -> Result<(), DeviceOpenError> {
             source: io::Error::last_os_error(),
         });
     }
-    let needed = memlock_needed_bytes(io_memory_bytes);
-    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+    let limit_bytes = if limit.rlim_cur == libc::RLIM_INFINITY { u64::MAX } else { limit.rlim_cur };
+    check_memlock_against(limit_bytes, io_memory_bytes, has_ipc_lock_capability())
+}
+
+/// The decision of [`check_memlock`], for a given limit and capability.
+pub fn check_memlock_against(
+    limit_bytes: u64,
+    io_memory_bytes: u64,
+    ipc_lock: bool,
+) -> Result<(), DeviceOpenError> {
+    let needed =
+        if ipc_lock { GLOMMIO_MEMLOCK_MIN_BYTES } else { memlock_needed_bytes(io_memory_bytes) };
+    if limit_bytes < needed {
         return Err(DeviceOpenError::MemlockTooLow {
-            limit_bytes: limit.rlim_cur,
+            limit_bytes,
             needed_bytes: needed,
-            rings: GLOMMIO_RINGS,
+            rings: if ipc_lock { 0 } else { GLOMMIO_RINGS },
             io_memory_bytes,
             min_bytes: GLOMMIO_MEMLOCK_MIN_BYTES,
         });
     }
     Ok(())
+}
+
+/// Whether the effective capability set holds CAP_IPC_LOCK (bit 14 of CapEff).
+fn has_ipc_lock_capability() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// A target directory whose files are read and written with O_DIRECT through io_uring.
@@ -305,7 +330,7 @@ impl DeviceFile for DmaDeviceFile {
         self.file.truncate(len).await.map_err(glommio_io)
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         self.file.file_size().await.map_err(glommio_io)
     }
 }
@@ -338,10 +363,10 @@ impl Device for DmaDevice {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Some(name) = entry.file_name().to_str() {
-                    names.push(name.to_string());
-                }
+            if entry.file_type()?.is_file()
+                && let Some(name) = entry.file_name().to_str()
+            {
+                names.push(name.to_string());
             }
         }
         Ok(names)

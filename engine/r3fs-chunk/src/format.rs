@@ -22,7 +22,7 @@ pub const CLASS_BYTES_MAX: u32 = 64 << 20;
 pub const CLASS_COUNT: usize = 11;
 
 const _: () = assert!(CLASS_BYTES_MIN << (CLASS_COUNT - 1) == CLASS_BYTES_MAX);
-const _: () = assert!(CLASS_BYTES_MIN as usize % UNIT_BYTES == 0);
+const _: () = assert!((CLASS_BYTES_MIN as usize).is_multiple_of(UNIT_BYTES));
 const _: () = assert!(r3fs_types::layout::CHUNK_SIZE_MIN == CLASS_BYTES_MIN);
 const _: () = assert!(r3fs_types::layout::CHUNK_SIZE_MAX == CLASS_BYTES_MAX);
 
@@ -30,7 +30,7 @@ const _: () = assert!(r3fs_types::layout::CHUNK_SIZE_MAX == CLASS_BYTES_MAX);
 /// block and a torn write can only lose whole records.
 pub const RECORD_BYTES: usize = 64;
 const _: () = assert!(512 % RECORD_BYTES == 0);
-const _: () = assert!(UNIT_BYTES % RECORD_BYTES == 0);
+const _: () = assert!(UNIT_BYTES.is_multiple_of(RECORD_BYTES));
 
 /// One size class: blocks of `data_bytes` data preceded by a header of unit checksums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -210,7 +210,7 @@ enum Phase {
 
 /// Replays log file `generation`.
 pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed, ReplayError> {
-    let file_len = file.len().await.map_err(ReplayError::Io)?;
+    let file_len = file.size().await.map_err(ReplayError::Io)?;
     let mut chunks: BTreeMap<ChunkId, ChunkState> = BTreeMap::new();
     let mut phase = Phase::Header;
     let mut last_seq = 0u64;
@@ -234,13 +234,14 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
             let decoded = format::decode(&record_bytes, generation);
             if let Some(end) = end_of_log {
                 // Past the end: only the rest of a torn last batch may still decode.
-                if let Ok(Record::Put { seq, .. } | Record::Delete { seq, .. }) = decoded {
-                    if seq > last_seq && at > end + TORN_WINDOW_BYTES {
-                        return Err(ReplayError::Corrupt(format!(
-                            "valid record seq {seq} at byte {at}, far past the end of the log at \
+                if let Ok(Record::Put { seq, .. } | Record::Delete { seq, .. }) = decoded
+                    && seq > last_seq
+                    && at > end + TORN_WINDOW_BYTES
+                {
+                    return Err(ReplayError::Corrupt(format!(
+                        "valid record seq {seq} at byte {at}, far past the end of the log at \
                              byte {end}: the log is damaged in the middle"
-                        )));
-                    }
+                    )));
                 }
                 continue;
             }

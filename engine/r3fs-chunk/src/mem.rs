@@ -203,7 +203,7 @@ impl Disk {
 
     fn check_aligned(&self, offset: u64, len: usize) -> io::Result<()> {
         let alignment = self.options.alignment as u64;
-        if offset % alignment != 0 || len as u64 % alignment != 0 {
+        if !offset.is_multiple_of(alignment) || !(len as u64).is_multiple_of(alignment) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("unaligned direct IO: offset {offset}, length {len}"),
@@ -469,7 +469,7 @@ impl DeviceFile for MemFile {
         Ok(())
     }
 
-    async fn len(&self) -> io::Result<u64> {
+    async fn size(&self) -> io::Result<u64> {
         let disk = self.disk.borrow();
         live(&disk, self.boot)?;
         Ok(disk.files.get(&self.id).map_or(0, |f| f.current.len() as u64))

@@ -39,7 +39,7 @@ const COMPACTION_SLICE_ENTRIES: usize = 16 * 1024;
 /// Attempts to obtain a block (growth and reclaim may need several rounds).
 const ALLOC_ATTEMPTS_MAX: usize = 8;
 
-const _: () = assert!(CLASS_BYTES_MAX % UNIT == 0 && CLASS_BYTES_MIN % UNIT == 0);
+const _: () = assert!(CLASS_BYTES_MAX.is_multiple_of(UNIT) && CLASS_BYTES_MIN.is_multiple_of(UNIT));
 
 /// Chunk bytes in a device buffer, padded to whole units. Obtain with [`ChunkStore::alloc_buf`],
 /// fill `data_mut()`, hand to a [`StageRequest`]: the store writes it out without copying.
@@ -389,10 +389,10 @@ impl<D: Device> Inner<D> {
         if empty {
             self.chunks.remove(&item.chunk);
         }
-        if let Some(old_block) = old.and_then(|s| s.block) {
-            if Some(old_block) != new_block {
-                self.release_block(old_block);
-            }
+        if let Some(old_block) = old.and_then(|s| s.block)
+            && Some(old_block) != new_block
+        {
+            self.release_block(old_block);
         }
     }
 }
@@ -445,11 +445,11 @@ impl<D: Device> Drop for ChunkStore<D> {
         }
         let left = self.shared.handles.get() - 1;
         self.shared.handles.set(left);
-        if left == 0 {
-            if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
-                inner.closing = true;
-                inner.wake_flusher();
-            }
+        if left == 0
+            && let Ok(mut inner) = self.shared.inner.try_borrow_mut()
+        {
+            inner.closing = true;
+            inner.wake_flusher();
         }
     }
 }
@@ -487,10 +487,10 @@ impl<'a, D: Device> ReadGuard<'a, D> {
 
 impl<D: Device> Drop for ReadGuard<'_, D> {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.shared.inner.try_borrow_mut() {
-            if inner.alloc.end_read(self.addr) {
-                inner.cache.forget_block(self.addr, pages_for_units(self.addr.class.units()));
-            }
+        if let Ok(mut inner) = self.shared.inner.try_borrow_mut()
+            && inner.alloc.end_read(self.addr)
+        {
+            inner.cache.forget_block(self.addr, pages_for_units(self.addr.class.units()));
         }
     }
 }
@@ -658,7 +658,7 @@ impl<D: Device> ChunkStore<D> {
                 .open(&class.file_name(), true)
                 .await
                 .map_err(OpenError::io("opening a block file"))?;
-            let len = file.len().await.map_err(OpenError::io("sizing a block file"))?;
+            let len = file.size().await.map_err(OpenError::io("sizing a block file"))?;
             any_data |= len > 0;
             slots[class.index()] = u32::try_from(len / class.stride_bytes()).map_err(|_| {
                 OpenError::Corrupt(format!("{} is impossibly large", class.file_name()))
@@ -737,7 +737,7 @@ impl<D: Device> ChunkStore<D> {
         for class in SizeClass::ALL {
             let keep = u64::from(alloc.trim_slots(class)) * class.stride_bytes();
             let file = &files[class.index()];
-            let len = file.len().await.map_err(OpenError::io("sizing a block file"))?;
+            let len = file.size().await.map_err(OpenError::io("sizing a block file"))?;
             if len > keep {
                 file.set_len(keep).await.map_err(OpenError::io("trimming a block file"))?;
             }
@@ -1191,7 +1191,7 @@ impl<D: Device> ChunkStore<D> {
         let end = offset + n;
         let base_len = base.map_or(0, |b| b.len);
         let new_len = if replace { n } else { base_len.max(end) };
-        let aligned = offset % UNIT == 0;
+        let aligned = offset.is_multiple_of(UNIT);
         let (units, crc) = if aligned && len > 0 {
             let (units, crc) = payload_crcs(&buf.as_ref()[..padded], len);
             (Some(units), crc)
@@ -1209,14 +1209,13 @@ impl<D: Device> ChunkStore<D> {
             return Ok((Change::Put(params.state(0, 0, None, 0)), None));
         }
         let base_block = base.and_then(|b| b.block);
-        if let (Some(b), Some(block), Some(units), false) = (base, base_block, &units, replace) {
-            if offset >= base_len
-                && base_len % UNIT == 0
-                && self.in_place_ok(block, base_len, new_len)
-            {
-                let payload = Payload { offset, buf, len: n, units: units.clone(), crc };
-                return self.append_in_place(guard, params, b, new_len, Some(payload)).await;
-            }
+        if let (Some(b), Some(block), Some(units), false) = (base, base_block, &units, replace)
+            && offset >= base_len
+            && base_len.is_multiple_of(UNIT)
+            && self.in_place_ok(block, base_len, new_len)
+        {
+            let payload = Payload { offset, buf, len: n, units: units.clone(), crc };
+            return self.append_in_place(guard, params, b, new_len, Some(payload)).await;
         }
         let class = choose_class(new_len, params.chunk_size, base_block);
         if offset == 0 && (replace || n >= base_len) {
@@ -1953,12 +1952,10 @@ impl<D: Device> ChunkStore<D> {
                 (bytes, writer)
             };
             let result = writer.write(device, &file, &bytes).await;
-            let mut inner = self.shared.inner();
-            if let Some(compaction) = inner.compaction.as_mut() {
+            if let Some(compaction) = self.shared.inner().compaction.as_mut() {
                 compaction.writer = writer;
             }
             if let Err(e) = result {
-                drop(inner);
                 self.abort_compaction(e).await;
             }
             return;

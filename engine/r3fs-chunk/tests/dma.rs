@@ -9,7 +9,9 @@ mod common;
 
 use common::{bytes, chunk, read_all, write};
 use glommio::{LocalExecutorBuilder, Placement};
-use r3fs_chunk::dma::{DeviceOpenError, DmaDevice, DmaDeviceConfig, check_memlock};
+use r3fs_chunk::dma::{
+    DeviceOpenError, DmaDevice, DmaDeviceConfig, check_memlock, check_memlock_against,
+};
 use r3fs_chunk::{ChunkStore, StageRequest, StoreConfig, StoreError, UpdateOp, UpdateOutcome};
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, ErrorCode, InodeId};
 use rand::{Rng, SeedableRng};
@@ -242,8 +244,17 @@ fn a_second_owner_is_refused() {
 
 #[test]
 fn too_little_memlock_is_refused_by_name() {
-    let err = check_memlock(1 << 50).unwrap_err();
+    // The decision, for a process without CAP_IPC_LOCK under the common 8 MiB limit.
+    let err = check_memlock_against(8 << 20, 10 << 20, false).unwrap_err();
     assert!(err.to_string().contains("RLIMIT_MEMLOCK"), "{err}");
+    assert!(
+        matches!(err, DeviceOpenError::MemlockTooLow { needed_bytes, .. } if needed_bytes > 30 << 20)
+    );
+    check_memlock_against(8 << 20, DmaDeviceConfig::default().io_memory_bytes, false).unwrap();
+    // With CAP_IPC_LOCK only glommio's own minimum counts.
+    check_memlock_against(8 << 20, 1 << 30, true).unwrap();
+    assert!(check_memlock_against(256 << 10, 0, true).is_err());
+    // And this process passes with the default configuration.
     check_memlock(DmaDeviceConfig::default().io_memory_bytes).unwrap();
 }
 

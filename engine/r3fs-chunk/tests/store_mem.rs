@@ -121,7 +121,7 @@ fn truncate_shrinks_and_extends_with_zeros() {
     let store = h.store();
     let c = chunk(2, 0);
     let data = bytes(9, 200_000);
-    h.run(write(&store, c, 1, 1 * MIB, 0, &data)).unwrap();
+    h.run(write(&store, c, 1, MIB, 0, &data)).unwrap();
     let truncate = |version: u64, len: u32| StageRequest {
         chunk: c,
         version: ChunkVersion(version),

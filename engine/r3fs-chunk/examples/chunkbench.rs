@@ -1,0 +1,292 @@
+//! Chunk store bandwidth and IOPS next to fio's, in one run, on the same file system.
+//!
+//! `cargo run --release -p r3fs-chunk --example chunkbench -- [--dir DIR] [--size-mib N] ...`
+//!
+//! For each repetition, interleaved so that drift hits both alike:
+//! 1. sequential write of `--size-mib` in 4 MiB blocks, queue depth `--seq-qd`: fio
+//!    (`--rw=write --bs=4M`) against the store (full-chunk updates of 4 MiB chunks, each staged
+//!    and committed durably: data synced before its log record, group commit);
+//! 2. sequential read of the same data: fio `--rw=read` against full-chunk store reads (every
+//!    unit's checksum verified);
+//! 3. 4 KiB random reads at queue depth `--rand-qd` for `--rand-seconds`: fio `--rw=randread`
+//!    against store reads of one random 4 KiB unit of a random chunk.
+//!
+//! fio runs with `--ioengine=io_uring --direct=1`. Medians over repetitions are printed with
+//! the store/fio ratios.
+
+#![allow(clippy::unwrap_used)]
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use glommio::{LocalExecutorBuilder, Placement};
+use r3fs_chunk::dma::{DmaDevice, DmaDeviceConfig};
+use r3fs_chunk::{ChunkStore, StageRequest, StoreConfig, UpdateOp, UpdateOutcome};
+use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+const BLOCK: usize = 4 << 20;
+
+#[derive(Parser, Debug, Clone)]
+struct Args {
+    /// Directory to benchmark in (on the file system under test).
+    #[arg(long, default_value = "/tmp/r3fs-chunkbench")]
+    dir: PathBuf,
+    /// Bytes written and read sequentially, in MiB (a multiple of 4).
+    #[arg(long, default_value_t = 2048)]
+    size_mib: u64,
+    /// Queue depth of the sequential phases.
+    #[arg(long, default_value_t = 8)]
+    seq_qd: usize,
+    /// Queue depth of the random-read phase.
+    #[arg(long, default_value_t = 32)]
+    rand_qd: usize,
+    #[arg(long, default_value_t = 10)]
+    rand_seconds: u64,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// IO memory registered by the store's executor (glommio's buffer arena).
+    #[arg(long, default_value_t = 96)]
+    io_memory_mib: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    write_bytes_per_sec: f64,
+    read_bytes_per_sec: f64,
+    rand_read_iops: f64,
+}
+
+fn fio(
+    args: &Args,
+    file: &Path,
+    rw: &str,
+    bs: &str,
+    qd: usize,
+    timed: bool,
+) -> Result<serde_json::Value> {
+    let mut command = Command::new("fio");
+    command
+        .arg("--name=bench")
+        .arg(format!("--filename={}", file.display()))
+        .arg("--ioengine=io_uring")
+        .arg("--direct=1")
+        .arg(format!("--rw={rw}"))
+        .arg(format!("--bs={bs}"))
+        .arg(format!("--iodepth={qd}"))
+        .arg(format!("--size={}M", args.size_mib))
+        .arg("--numjobs=1")
+        .arg("--output-format=json");
+    if timed {
+        command.arg(format!("--runtime={}", args.rand_seconds)).arg("--time_based");
+    }
+    let output = command.output().context("run fio (apt-get install fio)")?;
+    if !output.status.success() {
+        bail!("fio failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    serde_json::from_slice(&output.stdout).context("parse fio's JSON")
+}
+
+fn fio_figures(args: &Args) -> Result<Figures> {
+    let dir = args.dir.join("fio");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("data");
+    let write = fio(args, &file, "write", "4M", args.seq_qd, false)?;
+    let read = fio(args, &file, "read", "4M", args.seq_qd, false)?;
+    let rand = fio(args, &file, "randread", "4k", args.rand_qd, true)?;
+    let job = |v: &serde_json::Value, dir: &str, key: &str| {
+        v["jobs"][0][dir][key].as_f64().context("fio JSON field")
+    };
+    let figures = Figures {
+        write_bytes_per_sec: job(&write, "write", "bw_bytes")?,
+        read_bytes_per_sec: job(&read, "read", "bw_bytes")?,
+        rand_read_iops: job(&rand, "read", "iops")?,
+    };
+    std::fs::remove_dir_all(&dir)?;
+    Ok(figures)
+}
+
+fn chunk(index: u64) -> ChunkId {
+    ChunkId::new(InodeId(1000), index)
+}
+
+async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> {
+    let dir = args.dir.join("store");
+    let _ = std::fs::remove_dir_all(&dir);
+    let device_config = DmaDeviceConfig { io_memory_bytes: args.io_memory_mib << 20 };
+    let device = DmaDevice::open(&dir, &device_config).await?;
+    let config = StoreConfig {
+        capacity_bytes: (args.size_mib << 20) * 2 + (1 << 30),
+        ..StoreConfig::default()
+    };
+    let (store, flusher) = ChunkStore::open(device, config).await?;
+    glommio::spawn_local(flusher.run()).detach();
+    let chunks = args.size_mib / 4;
+    let crc = crc32c::crc32c(&payload);
+
+    // Sequential write: `seq_qd` writers take the next chunk each.
+    let next = Rc::new(Cell::new(0u64));
+    let started = Instant::now();
+    let writers = (0..args.seq_qd).map(|_| {
+        let (store, next, payload) = (store.clone(), next.clone(), payload.clone());
+        async move {
+            loop {
+                let index = next.get();
+                if index >= chunks {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                next.set(index + 1);
+                let mut data = store.alloc_buf(BLOCK);
+                data.data_mut().copy_from_slice(&payload);
+                let request = StageRequest {
+                    chunk: chunk(index),
+                    version: ChunkVersion(1),
+                    chain_version: ChainVersion(1),
+                    chunk_size: BLOCK as u32,
+                    op: UpdateOp::Replace { data, crc },
+                };
+                let outcome = store.update(request).await?;
+                if !matches!(outcome, UpdateOutcome::Committed(_)) {
+                    bail!("update of chunk {index}: {outcome:?}");
+                }
+            }
+        }
+    });
+    for result in futures::future::join_all(writers).await {
+        result?;
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+
+    // Sequential read, verified.
+    next.set(0);
+    let started = Instant::now();
+    let readers = (0..args.seq_qd).map(|_| {
+        let (store, next) = (store.clone(), next.clone());
+        async move {
+            loop {
+                let index = next.get();
+                if index >= chunks {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                next.set(index + 1);
+                let read = store.read(chunk(index), 0, BLOCK as u32).await?;
+                if read.len() != BLOCK || read.crc != crc {
+                    bail!("chunk {index} read back wrong");
+                }
+            }
+        }
+    });
+    for result in futures::future::join_all(readers).await {
+        result?;
+    }
+    let read_secs = started.elapsed().as_secs_f64();
+
+    // Random 4 KiB reads.
+    let done = Rc::new(Cell::new(0u64));
+    let deadline = Instant::now() + Duration::from_secs(args.rand_seconds);
+    let started = Instant::now();
+    let random = (0..args.rand_qd).map(|task| {
+        let (store, done) = (store.clone(), done.clone());
+        async move {
+            let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (task as u64) << 32;
+            while Instant::now() < deadline {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let index = state % chunks;
+                let unit = (state >> 32) % (BLOCK as u64 / 4096);
+                let read = store.read(chunk(index), (unit * 4096) as u32, 4096).await?;
+                if read.len() != 4096 {
+                    bail!("short random read");
+                }
+                done.set(done.get() + 1);
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+    });
+    for result in futures::future::join_all(random).await {
+        result?;
+    }
+    let rand_secs = started.elapsed().as_secs_f64();
+    let stats = store.stats();
+    store.close().await?;
+    std::fs::remove_dir_all(&dir)?;
+    let bytes = (chunks * BLOCK as u64) as f64;
+    eprintln!(
+        "  store: {} commit batches for {} records, header cache {} KiB",
+        stats.commit_batches,
+        stats.commit_records,
+        stats.header_cache_bytes >> 10
+    );
+    Ok(Figures {
+        write_bytes_per_sec: bytes / write_secs,
+        read_bytes_per_sec: bytes / read_secs,
+        rand_read_iops: done.get() as f64 / rand_secs,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.size_mib == 0 || args.size_mib % 4 != 0 {
+        bail!("--size-mib must be a positive multiple of 4");
+    }
+    std::fs::create_dir_all(&args.dir).context("create the benchmark directory")?;
+    let payload: Vec<u8> =
+        (0..BLOCK).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    println!(
+        "chunkbench: {} MiB in 4 MiB blocks at QD {}, 4 KiB random reads at QD {} for {} s, \
+         {} reps, in {}",
+        args.size_mib,
+        args.seq_qd,
+        args.rand_qd,
+        args.rand_seconds,
+        args.reps,
+        args.dir.display()
+    );
+    let mut fio_runs = Vec::new();
+    let mut store_runs = Vec::new();
+    for rep in 0..args.reps {
+        let fio = fio_figures(&args)?;
+        eprintln!("rep {rep} fio:   {fio:?}");
+        let (a, p) = (args.clone(), payload.clone());
+        let store = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory((args.io_memory_mib << 20) as usize)
+            .spawn(move || async move { store_figures(Rc::new(a), Rc::new(p)).await })
+            .map_err(|e| anyhow::anyhow!("start the executor: {e}"))?
+            .join()
+            .map_err(|e| anyhow::anyhow!("executor thread: {e}"))??;
+        eprintln!("rep {rep} store: {store:?}");
+        fio_runs.push(fio);
+        store_runs.push(store);
+    }
+    let pick = |runs: &[Figures], f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+    type Row = (&'static str, fn(&Figures) -> f64, f64, &'static str, f64);
+    let mib = 1.0 / f64::from(1u32 << 20);
+    let rows: [Row; 3] = [
+        ("seq write 4 MiB", |f| f.write_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("seq read 4 MiB", |f| f.read_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("rand read 4 KiB", |f| f.rand_read_iops, 1.0, "IOPS", 0.70),
+    ];
+    println!("{:<18} {:>12} {:>12} {:>7} {:>7}", "", "store", "fio", "ratio", "target");
+    for (name, f, scale, unit, target) in rows {
+        let store = pick(&store_runs, f);
+        let fio = pick(&fio_runs, f);
+        println!(
+            "{name:<18} {:>12.0} {:>12.0} {:>6.0}% {:>6.0}%  {unit}",
+            store * scale,
+            fio * scale,
+            100.0 * store / fio,
+            100.0 * target
+        );
+    }
+    Ok(())
+}
