@@ -517,3 +517,29 @@ fn extension_without_readers_happens_in_place() {
     h.run(write(&store, c, 3, 256 * KIB, 68 * KIB, &bytes(3, 100 * 1024))).unwrap();
     assert_eq!(store.locate(c).unwrap(), grown);
 }
+
+#[test]
+fn pending_versions_can_be_listed_and_read() {
+    let mut h = harness(18);
+    let store = h.store();
+    let c = chunk(3, 3);
+    let committed = bytes(1, 10_000);
+    h.run(write(&store, c, 1, 256 * KIB, 0, &committed)).unwrap();
+    let appended = bytes(2, 5_000);
+    let staged = h.run(store.stage(write_request(&store, c, 2, 256 * KIB, 12_288, &appended)));
+    assert!(matches!(staged.unwrap(), StageOutcome::Staged(_)));
+    let listed = store.list_staged(chunk(0, 0), 10);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].pending.unwrap().version, ChunkVersion(2));
+    let pending = h.run(store.read_pending(c, 0, u32::MAX)).unwrap().unwrap();
+    let mut expected = committed.clone();
+    expected.resize(12_288, 0);
+    expected.extend_from_slice(&appended);
+    assert_eq!(pending.data(), &expected[..]);
+    assert_eq!(pending.crc, crc32c::crc32c(&expected));
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), committed, "readers still see v1");
+    assert!(h.run(store.read_pending(chunk(3, 4), 0, 10)).unwrap().is_none());
+    h.run(store.commit(c, ChunkVersion(2))).unwrap();
+    assert!(store.list_staged(chunk(0, 0), 10).is_empty());
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), expected);
+}
