@@ -331,6 +331,16 @@ mod tests {
         assert!(errors[0].contains("write_chanels"), "{errors:?}");
     }
 
+    /// The documented example in docs/design/client.md parses and shows the defaults.
+    #[test]
+    fn documented_example_is_the_defaults() {
+        let doc = include_str!("../../../docs/design/client.md");
+        let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+        let end = start + doc[start..].find("```").expect("end of the toml block");
+        let config = ClientConfig::from_toml(&doc[start..end]).expect("the example is valid");
+        assert_eq!(config, ClientConfig::default());
+    }
+
     #[test]
     fn host_port_check() {
         assert!(is_host_port("127.0.0.1:9100"));

@@ -413,7 +413,9 @@ impl StorageClient {
         })
     }
 
-    /// Cuts `chunk` to `length` bytes. `Ok(None)`: the chunk does not exist.
+    /// Sets `chunk`'s length to `length` bytes: the replicas drop the bytes past it, and extend a
+    /// shorter (or create an absent) chunk with zeros, which reads the same as the hole it was.
+    /// `Ok(None)`: a replica answered that the chunk does not exist.
     pub async fn truncate_chunk(
         &self,
         chain: ChainId,
@@ -641,6 +643,10 @@ impl StorageClient {
     ) -> Vec<ReadBatch> {
         let s = &self.inner.config.storage;
         let mut by_address: BTreeMap<SocketAddr, Vec<ReadBatch>> = BTreeMap::new();
+        // Items seen per chain in this round: consecutive items of one chain go to consecutive
+        // replicas (a file's chunks on one chain are `stripe_size` apart, so the chunk index
+        // alone would send them all to one replica).
+        let mut per_chain: HashMap<ChainId, u64> = HashMap::new();
         for &i in pending {
             let item = &items[i];
             let Some(route) = snapshot.chain(item.chain) else {
@@ -663,12 +669,11 @@ impl StorageClient {
             } else if candidates.is_empty() {
                 None
             } else {
-                // Spread: consecutive chunks go to consecutive replicas, and each call starts at
-                // another one.
-                Some(
-                    candidates
-                        [(rotor.wrapping_add(item.chunk.index) % candidates.len() as u64) as usize],
-                )
+                // Spread: each call starts at another replica, then rotates per item.
+                let seen = per_chain.entry(item.chain).or_default();
+                let choice = rotor.wrapping_add(*seen) % candidates.len() as u64;
+                *seen += 1;
+                Some(candidates[choice as usize])
             };
             let Some(target) = target else {
                 failures.push((
@@ -1041,7 +1046,7 @@ impl StorageClient {
         Ok(crate::plan::length_from_last_chunks(map.chunk_size(), &last))
     }
 
-    /// Cuts chunk `index` of the file to `length` bytes (a no-op if it is absent).
+    /// Sets chunk `index` of the file to `length` bytes (see [`StorageClient::truncate_chunk`]).
     pub async fn truncate_file_chunk(
         &self,
         map: &FileMap,

@@ -268,11 +268,14 @@ async fn truncate_remove_and_last_chunks() {
     let removed = client.remove_file_chunks(&map, 5..u64::MAX).await.expect("remove");
     assert_eq!(removed, 5);
     client.truncate_file_chunk(&map, 4, 10).await.expect("truncate");
-    client.truncate_file_chunk(&map, 20, 10).await.expect("truncating an absent chunk is a no-op");
     assert_eq!(client.file_length(&map).await.expect("length"), 4 * CHUNK as u64 + 10);
     let got = read(&client, &map, 0, 6 * CHUNK as usize).await;
     assert!(got[..4 * CHUNK as usize + 10].iter().all(|&b| b == 7));
     assert!(got[4 * CHUNK as usize + 10..].iter().all(|&b| b == 0), "cut bytes read as zeros");
+    // Truncating up extends with zeros, reading as the hole it was.
+    client.truncate_file_chunk(&map, 4, 100).await.expect("extend");
+    assert_eq!(client.file_length(&map).await.expect("length"), 4 * CHUNK as u64 + 100);
+    assert!(read(&client, &map, 4 * CHUNK as u64, 200).await[10..].iter().all(|&b| b == 0));
     let removed = client.remove_file_chunks(&map, 0..u64::MAX).await.expect("remove all");
     assert_eq!(removed, 5);
     assert_eq!(client.file_length(&map).await.expect("length"), 0);

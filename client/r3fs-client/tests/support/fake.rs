@@ -405,7 +405,8 @@ fn handle(state: &Mutex<State>, node: u32, frame: &Frame) -> Answer {
                         chain.chunks.insert(request.chunk_id, data);
                         Outcome::Ok
                     }
-                    UpdateKind::Truncate if chain.chunks.contains_key(&request.chunk_id) => {
+                    // As the replicas do: cut, or extend (create) with zeros.
+                    UpdateKind::Truncate => {
                         data.resize(request.length as usize, 0);
                         chain.chunks.insert(request.chunk_id, data);
                         Outcome::Ok
@@ -413,9 +414,7 @@ fn handle(state: &Mutex<State>, node: u32, frame: &Frame) -> Answer {
                     UpdateKind::Remove if chain.chunks.remove(&request.chunk_id).is_some() => {
                         Outcome::Ok
                     }
-                    UpdateKind::Truncate | UpdateKind::Remove => {
-                        Outcome::Failed(ErrorCode::ChunkNotFound)
-                    }
+                    UpdateKind::Remove => Outcome::Failed(ErrorCode::ChunkNotFound),
                     other => panic!("the client sent a {other:?} update"),
                 }
             };

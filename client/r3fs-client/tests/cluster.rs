@@ -1,0 +1,407 @@
+//! The client against real processes on loopback: one r3fs-mgmtd, three r3fs-storage daemons
+//! (two shards each, so the `data/<shard>` address convention is exercised) holding three
+//! replication-3 chains, and one r3fs-meta. A file written through the file API reads back
+//! bit-exact (unaligned ranges, holes, past the end), reads spread over every replica, the
+//! storage-only API (last chunks, removal) agrees, and a client whose routing is stale (a target
+//! taken offline through the admin API while its watcher is held back) recovers transparently.
+
+use r3fs_client::routing::RoutingSource;
+use r3fs_client::{
+    ClientConfig, ClientResult, FileClient, MgmtdClient, MgmtdClientConfig, RoutingCache,
+    StorageClient,
+};
+use r3fs_rpc::{admin, mgmtd as pb};
+use r3fs_testkit::{Proc, binary, free_port};
+use r3fs_types::TargetId;
+use rand::{Rng, RngCore, SeedableRng};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+const CHUNK: usize = 64 << 10;
+const NODES: [u32; 3] = [2, 3, 4];
+const CHAINS: [u32; 3] = [1, 2, 3];
+
+/// Target of `chain` on `node`.
+fn target(chain: u32, node: u32) -> u64 {
+    u64::from(chain) * 100 + u64::from(node)
+}
+
+struct Cluster {
+    _mgmtd: Proc,
+    _storage: Vec<Proc>,
+    _meta: Proc,
+    mgmtd_address: String,
+    meta_address: String,
+    admin: MgmtdClient,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn start_mgmtd(dir: &Path) -> (Proc, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "node_id = 1\nlisten = \"{address}\"\nlease_timeout_ms = 2000\nlease_renew_interval_ms = 500\n\
+         heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 3000\nfailure_check_interval_ms = 200\n\
+         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"memory\"\n"
+    );
+    let path = dir.join("mgmtd.toml");
+    std::fs::write(&path, config).expect("write the mgmtd config");
+    let mut command = Command::new(binary("r3fs-mgmtd", "r3fs-mgmtd"));
+    command.arg("--config").arg(&path);
+    let mut proc = Proc::spawn("r3fs-mgmtd", command);
+    proc.wait_for_line("is primary", START_TIMEOUT);
+    (proc, address)
+}
+
+fn start_storage(dir: &Path, node: u32, mgmtd: &str, token: &str) -> Proc {
+    let disk = dir.join(format!("node{node}-disk0"));
+    std::fs::create_dir_all(&disk).expect("create the disk directory");
+    // Two shards: targets land on shard `target % 2`, each with its own data-plane port.
+    let config = format!(
+        r#"node_id = {node}
+target_paths = ["{disk}"]
+targets_per_path = 4
+cores = 2
+mgmtd_addresses = ["{mgmtd}"]
+token = "{token}"
+listen_host = "127.0.0.1"
+io_memory_bytes = 1048576
+tick_interval_ms = 10
+shutdown_drain_ms = 2000
+
+[store]
+capacity_bytes = 268435456
+header_cache_bytes = 4194304
+log_compaction_bytes_min = 8388608
+log_extent_bytes = 1048576
+commit_batch_records_max = 256
+grow_bytes_max = 67108864
+
+[replica]
+chunk_size_bytes_max = 4194304
+held_payload_bytes_max = 268435456
+forward_retry_interval_ms = 100
+"#,
+        disk = disk.display()
+    );
+    let path = dir.join(format!("storage{node}.toml"));
+    std::fs::write(&path, config).expect("write the storage config");
+    let mut command = Command::new(binary("r3fs-storage", "r3fs-storage"));
+    command.arg("--config").arg(&path).env("RUST_LOG", "info");
+    let mut proc = Proc::spawn(&format!("r3fs-storage-{node}"), command);
+    proc.wait_for_line("serving targets on", START_TIMEOUT);
+    proc
+}
+
+fn start_meta(dir: &Path, token: &str) -> (Proc, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        r#"listen = "{address}"
+[kv]
+backend = "memory"
+[meta.format.root_layout]
+chain_table_id = 1
+chain_table_version = 1
+chunk_size = {CHUNK}
+stripe_size = 3
+chains = {{ ShuffleV1 = {{ seed = 0 }} }}
+[[auth.static_users]]
+token = "{token}"
+uid = 0
+gid = 0
+admin = true
+"#
+    );
+    let path = dir.join("meta.toml");
+    std::fs::write(&path, config).expect("write the meta config");
+    let mut command = Command::new(binary("r3fs-meta", "r3fs-meta"));
+    command.arg("--config").arg(&path).env("RUST_LOG", "info");
+    let mut proc = Proc::spawn("r3fs-meta", command);
+    proc.wait_for_line("r3fs-meta listening on", START_TIMEOUT);
+    (proc, address)
+}
+
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_cluster() -> Cluster {
+    let t0 = Instant::now();
+    let phase = |what: &str| println!("[{:>7.1?}] {what}", t0.elapsed());
+    let dir =
+        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir on the target disk");
+    let (mgmtd, mgmtd_address) = start_mgmtd(dir.path());
+    let bootstrap = MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], None))
+        .expect("mgmtd client");
+    let init = bootstrap
+        .init_cluster(admin::InitClusterRequest {
+            cluster_id: "client-test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("init the cluster");
+    let token = init.admin_token;
+    phase("mgmtd up, cluster initialized");
+    let admin =
+        MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], Some(token.clone())))
+            .expect("admin client");
+    let storage: Vec<Proc> =
+        NODES.iter().map(|&node| start_storage(dir.path(), node, &mgmtd_address, &token)).collect();
+
+    // Three chains, each with one target per node; heads on different nodes.
+    let targets = CHAINS
+        .iter()
+        .flat_map(|&chain| {
+            NODES.iter().map(move |&node| admin::TargetSpec {
+                target_id: target(chain, node),
+                node_id: node,
+                disk_index: 0,
+                chain_id: chain,
+            })
+        })
+        .collect();
+    phase("storage daemons up");
+    admin.create_targets(admin::CreateTargetsRequest { targets }).await.expect("create targets");
+    eventually("targets up to date", || async {
+        let list = admin.list_targets(admin::ListTargetsRequest {}).await.ok()?;
+        let up = list
+            .targets
+            .iter()
+            .filter(|t| t.local_state == pb::LocalTargetState::UpToDate as i32)
+            .count();
+        (up == CHAINS.len() * NODES.len()).then_some(())
+    })
+    .await;
+    let chains = CHAINS
+        .iter()
+        .map(|&chain| {
+            let mut members: Vec<u64> = NODES.iter().map(|&node| target(chain, node)).collect();
+            members.rotate_left(chain as usize - 1);
+            admin::ChainSpec { chain_id: chain, target_ids: members }
+        })
+        .collect();
+    phase("targets up to date");
+    admin.upload_chains(admin::UploadChainsRequest { chains }).await.expect("upload chains");
+    let table = admin
+        .upload_chain_table(admin::UploadChainTableRequest {
+            table_id: 1,
+            chain_ids: CHAINS.to_vec(),
+            description: "test".into(),
+        })
+        .await
+        .expect("upload the chain table");
+    assert_eq!(table.version, 1);
+    eventually("every target serving", || async {
+        let list = admin.list_chains(admin::ListChainsRequest {}).await.ok()?;
+        let serving = list
+            .chains
+            .iter()
+            .flat_map(|c| &c.targets)
+            .filter(|t| t.public_state == pb::PublicTargetState::Serving as i32)
+            .count();
+        (serving == CHAINS.len() * NODES.len()).then_some(())
+    })
+    .await;
+    phase("chains serving");
+    let (meta, meta_address) = start_meta(dir.path(), &token);
+    phase("meta up");
+    Cluster {
+        _mgmtd: mgmtd,
+        _storage: storage,
+        _meta: meta,
+        mgmtd_address,
+        meta_address,
+        admin,
+        token,
+        _dir: dir,
+    }
+}
+
+fn client_config(cluster: &Cluster) -> ClientConfig {
+    let mut config = ClientConfig {
+        mgmtd_addresses: vec![cluster.mgmtd_address.clone()],
+        meta_addresses: vec![cluster.meta_address.clone()],
+        token: cluster.token.clone(),
+        ..Default::default()
+    };
+    config.retry.backoff_initial_ms = 5;
+    config.retry.backoff_max_ms = 200;
+    config.routing.refresh_interval_min_ms = 20;
+    config.file.length_report_interval_ms = 200;
+    config
+}
+
+/// A routing source whose background watch can be held back, so the client keeps a stale
+/// routing until a storage target refuses it (on-demand refreshes still reach mgmtd).
+#[derive(Debug)]
+struct HeldBackWatch {
+    mgmtd: MgmtdClient,
+    held: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl RoutingSource for HeldBackWatch {
+    async fn fetch(&self, known: u64, wait: Duration) -> ClientResult<Option<pb::RoutingInfo>> {
+        if !wait.is_zero() && self.held.load(Ordering::Relaxed) {
+            tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+            return Ok(None);
+        }
+        RoutingSource::fetch(&self.mgmtd, known, wait).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_round_trip_through_a_real_cluster_and_stale_routing_recovers() {
+    let started = Instant::now();
+    let cluster = start_cluster().await;
+    println!("cluster up after {:?} (includes building the daemons)", started.elapsed());
+    let started = Instant::now();
+    let config = client_config(&cluster);
+    let files = FileClient::connect(config.clone()).await.expect("connect");
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    // Two written ranges with a hole between them: 10 chunks and a bit from an unaligned
+    // offset, then 5000 bytes 20 chunks in.
+    let file = files.create("/data.bin").await.expect("create");
+    assert_eq!(file.map().chains().len(), 3);
+    let mut model = vec![0u8; 20 * CHUNK + 5007];
+    for (offset, len) in [(1000usize, 10 * CHUNK + 123), (20 * CHUNK + 7, 5000)] {
+        let mut data = vec![0u8; len];
+        rng.fill_bytes(&mut data);
+        assert_eq!(file.write_at(offset as u64, &data).await.expect("write"), len);
+        model[offset..offset + len].copy_from_slice(&data);
+    }
+    file.fsync().await.expect("fsync");
+    assert_eq!(file.len().await.expect("len"), model.len() as u64);
+
+    let mut ranges = vec![(0u64, model.len()), (12 * CHUNK as u64, 3 * CHUNK), (5, 7)];
+    for _ in 0..30 {
+        let offset = rng.random_range(0..model.len() as u64);
+        ranges.push((offset, rng.random_range(1..3 * CHUNK)));
+    }
+    for (offset, len) in ranges {
+        let mut buf = vec![0xEE; len];
+        let n = file.read_at(offset, &mut buf).await.expect("read");
+        let expected = &model[offset as usize..(offset as usize + len).min(model.len())];
+        assert_eq!(n, expected.len(), "read at {offset}+{len}");
+        assert!(buf[..n] == *expected, "range {offset}+{len} differs");
+    }
+    let mut past = [0u8; 16];
+    assert_eq!(file.read_at(model.len() as u64, &mut past).await.expect("read at the end"), 0);
+
+    // Every replica of every chain served reads.
+    let stats = files.storage().stats();
+    for chain in CHAINS {
+        for node in NODES {
+            let t = TargetId(target(chain, node));
+            assert!(
+                stats.read_items_by_target.get(&t).copied().unwrap_or(0) > 0,
+                "{t} served no reads: {stats:?}"
+            );
+        }
+    }
+    let length = file.close().await.expect("close");
+    assert_eq!(length, model.len() as u64);
+
+    // Reopened read-only, by another handle: same bytes.
+    let reader =
+        files.open("/data.bin", &r3fs_client::OpenOptions::read_only()).await.expect("open");
+    let mut whole = vec![0u8; model.len() + 100];
+    assert_eq!(reader.read_at(0, &mut whole).await.expect("read"), model.len());
+    assert!(whole[..model.len()] == model[..]);
+    assert!(reader.write_at(0, b"x").await.is_err(), "read-only handles refuse writes");
+
+    // The storage-only API (what meta uses) agrees with the file.
+    let storage = files.storage();
+    assert_eq!(
+        storage.file_length(reader.map()).await.expect("length from storage"),
+        model.len() as u64
+    );
+
+    // Stale routing: a client whose watcher is held back, a head taken offline by the operator.
+    let source = Arc::new(HeldBackWatch {
+        mgmtd: MgmtdClient::new(MgmtdClientConfig::new(
+            vec![cluster.mgmtd_address.clone()],
+            Some(cluster.token.clone()),
+        ))
+        .expect("mgmtd client"),
+        held: AtomicBool::new(true),
+    });
+    let routing =
+        RoutingCache::start(source.clone(), config.routing.clone()).await.expect("routing");
+    let stale = StorageClient::new(config.clone(), Arc::new(routing)).expect("client");
+    let map = stale.file_map(reader.inode(), reader.map().layout()).await.expect("map");
+    let chain = map.chain_of(0);
+    let before = stale.routing().snapshot().chain(chain).expect("chain").clone();
+    let old_head = before.head().expect("a head");
+    let offlined = cluster
+        .admin
+        .offline_target(admin::OfflineTargetRequest { target_id: old_head.0 })
+        .await
+        .expect("offline the head");
+    let new_version = offlined.chain.expect("chain").chain_version;
+    assert!(new_version > before.version.0);
+    // Wait until the old head's daemon has seen it (it drops the target and brings it back
+    // through recovery, which moves its public state off OFFLINE): from then on the storage side
+    // refuses the client's chain version, whatever the timing.
+    eventually("the old head's daemon to notice", || async {
+        let list = cluster.admin.list_targets(admin::ListTargetsRequest {}).await.ok()?;
+        let state = list.targets.iter().find(|t| t.target_id == old_head.0)?.public_state;
+        (state != pb::PublicTargetState::Offline as i32).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stale.routing().snapshot().chain_version(chain),
+        Some(before.version),
+        "the client's routing is stale"
+    );
+
+    let patch = vec![0xA5u8; 3 * CHUNK];
+    stale.write(&map, 0, &patch).await.expect("the write recovers from stale routing");
+    model[..patch.len()].copy_from_slice(&patch);
+    let refreshed = stale.routing().snapshot();
+    assert!(
+        refreshed.chain_version(chain).is_some_and(|v| v.0 >= new_version),
+        "the client refreshed its routing"
+    );
+    assert!(stale.routing().stats().refreshes > 0);
+    assert_ne!(
+        refreshed.chain(chain).and_then(|c| c.head()),
+        Some(old_head),
+        "writes moved to the new head"
+    );
+    let mut buf = vec![0u8; model.len()];
+    stale.read(&map, 0, &mut buf).await.expect("read after the change");
+    assert!(buf == model, "data differs after the head went offline");
+    let new_head = refreshed.chain(chain).and_then(|c| c.head()).expect("a new head");
+    let stats = stale.stats();
+    assert!(
+        stats.updates_by_target.contains_key(&old_head),
+        "the first attempt used the stale head: {stats:?}"
+    );
+    assert!(stats.updates_by_target.contains_key(&new_head), "{stats:?}");
+    assert!(stats.retries > 0);
+    source.held.store(false, Ordering::Relaxed);
+
+    // Removal through the storage API leaves nothing behind: chunks 0..=10 and 20 were written.
+    const WRITTEN_CHUNKS: u64 = 12;
+    assert_eq!(stale.remove_file_chunks(&map, 0..u64::MAX).await.expect("remove"), WRITTEN_CHUNKS);
+    assert_eq!(stale.file_length(&map).await.expect("length"), 0);
+    println!("client scenario took {:?}", started.elapsed());
+}
