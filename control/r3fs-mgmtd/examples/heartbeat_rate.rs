@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use r3fs_kv::{FjallConfig, FjallKv, Kv, MemoryKv, RetryPolicy};
 use r3fs_mgmtd::clock::SystemClock;
-use r3fs_mgmtd::store::{self, HeartbeatSpec, RegisterSpec, TargetSpec};
+use r3fs_mgmtd::store::{self, HeartbeatSpec, RegisterSpec, TargetReport, TargetSpec};
 use r3fs_mgmtd::{Mgmtd, MgmtdOptions};
 use r3fs_types::{ChainId, LocalTargetState, NodeId, NodeType, TargetId};
 
@@ -76,12 +76,11 @@ async fn measure(name: &str, kv: Arc<dyn Kv>) -> anyhow::Result<()> {
                         config_version: 0,
                         release_version: "bench".into(),
                         targets: (0..TARGETS_PER_NODE)
-                            .map(|t| {
-                                (
-                                    TargetId(u64::from(n) * 1_000 + t + 1),
-                                    LocalTargetState::UpToDate,
-                                    1 << 30,
-                                )
+                            .map(|t| TargetReport {
+                                target_id: TargetId(u64::from(n) * 1_000 + t + 1),
+                                local_state: LocalTargetState::UpToDate,
+                                used_bytes: 1 << 30,
+                                chain_version: 0,
                             })
                             .collect(),
                     };

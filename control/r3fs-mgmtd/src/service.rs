@@ -145,7 +145,15 @@ impl MgmtdRpc for MgmtdService {
                 .ok_or_else(|| {
                     invalid(format!("target {}: unknown local state", report.target_id))
                 })?;
-            targets.push((TargetId(report.target_id), state, report.used_bytes));
+            targets.push(store::TargetReport {
+                target_id: TargetId(report.target_id),
+                local_state: state,
+                used_bytes: report.used_bytes,
+                // The wire field for the claim's chain version (TargetReport.chain_version) is not
+                // added yet: adding a proto field breaks the struct literals of crates that build
+                // TargetReport, so it lands together with them. Until then claims are unversioned.
+                chain_version: 0,
+            });
         }
         let spec = store::HeartbeatSpec {
             node_id: NodeId(request.node_id),

@@ -331,7 +331,17 @@ pub struct HeartbeatSpec {
     pub heartbeat_version: u64,
     pub config_version: u64,
     pub release_version: String,
-    pub targets: Vec<(TargetId, LocalTargetState, u64)>,
+    pub targets: Vec<TargetReport>,
+}
+
+/// One target's line in a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetReport {
+    pub target_id: TargetId,
+    pub local_state: LocalTargetState,
+    pub used_bytes: u64,
+    /// Chain version the daemon's claim was made at; 0 = unversioned.
+    pub chain_version: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -388,7 +398,8 @@ pub async fn heartbeat(
 
     let mut ignored = Vec::new();
     let mut dirty_chains = BTreeSet::new();
-    for &(target_id, local_state, used_bytes) in &spec.targets {
+    for report in &spec.targets {
+        let TargetReport { target_id, mut local_state, used_bytes, chain_version } = *report;
         let key = keys::target(target_id);
         let Some(mut target) = records::get::<TargetRecord>(txn, &key, Serializable).await? else {
             ignored.push(target_id);
@@ -397,6 +408,22 @@ pub async fn heartbeat(
         if target.node_id != spec.node_id {
             ignored.push(target_id);
             continue;
+        }
+        if local_state == LocalTargetState::UpToDate
+            && target.local_state != LocalTargetState::UpToDate
+            && chain_version != 0
+        {
+            // A new up-to-date claim: accept it only if made at the chain's current version, so
+            // a delayed claim from an earlier resync cannot make a target serve that has missed
+            // writes since. (An unchanged claim was checked when it was first accepted.)
+            let current =
+                records::get::<ChainState>(txn, &keys::chain(target.chain_id), Serializable)
+                    .await?
+                    .map(|chain| chain.version.0);
+            if current.is_some_and(|current| chain_version < current) {
+                tracing::info!(target = %target_id, claim = chain_version, current = ?current, "up-to-date claim at an old chain version taken as online");
+                local_state = LocalTargetState::Online;
+            }
         }
         let state_changed = target.local_state != local_state;
         if state_changed {

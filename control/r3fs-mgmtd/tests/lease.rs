@@ -10,7 +10,7 @@ use r3fs_mgmtd::clock::ManualClock;
 use r3fs_mgmtd::error::MgmtdError;
 use r3fs_mgmtd::lease::{self, Candidate};
 use r3fs_mgmtd::records::PresenceRecord;
-use r3fs_mgmtd::store::{self, HeartbeatSpec, RegisterSpec, TargetSpec};
+use r3fs_mgmtd::store::{self, HeartbeatSpec, RegisterSpec, TargetReport, TargetSpec};
 use r3fs_mgmtd::{Mgmtd, MgmtdOptions, Role};
 use r3fs_types::{ChainId, ErrorCode, LocalTargetState, NodeId, NodeStatus, NodeType, TargetId};
 
@@ -224,6 +224,15 @@ async fn setup_chain(primary: &Instance) {
         .expect("upload chain");
 }
 
+fn report(target: u64, local_state: LocalTargetState, chain_version: u32) -> TargetReport {
+    TargetReport {
+        target_id: TargetId(target),
+        local_state,
+        used_bytes: target * 100,
+        chain_version,
+    }
+}
+
 fn heartbeat(version: u64) -> HeartbeatSpec {
     HeartbeatSpec {
         node_id: NodeId(10),
@@ -231,8 +240,8 @@ fn heartbeat(version: u64) -> HeartbeatSpec {
         config_version: 0,
         release_version: "test".into(),
         targets: vec![
-            (TargetId(1), LocalTargetState::UpToDate, 100),
-            (TargetId(2), LocalTargetState::UpToDate, 200),
+            report(1, LocalTargetState::UpToDate, 0),
+            report(2, LocalTargetState::UpToDate, 0),
         ],
     }
 }
@@ -299,10 +308,8 @@ async fn silent_node_fails_and_its_targets_go_offline() {
     // It comes back: connected again; its targets report online, the last-serving one serves
     // again and the other resyncs.
     let mut back = heartbeat(10);
-    back.targets = vec![
-        (TargetId(1), LocalTargetState::Online, 100),
-        (TargetId(2), LocalTargetState::Online, 200),
-    ];
+    back.targets =
+        vec![report(1, LocalTargetState::Online, 0), report(2, LocalTargetState::Online, 0)];
     primary.mgmtd.heartbeat(back).await.expect("heartbeat after failure");
     assert_eq!(node_status(&primary, 10).await, NodeStatus::HeartbeatConnected);
     let routing = primary.mgmtd.fresh_routing().await.expect("routing");
@@ -315,6 +322,31 @@ async fn silent_node_fails_and_its_targets_go_offline() {
             (2, r3fs_rpc::mgmtd::PublicTargetState::Syncing as i32)
         ])
     );
+
+    // An up-to-date claim for the syncing target made at an older chain version (a delayed
+    // claim from before it missed writes) is taken as online: it keeps syncing. The same claim
+    // at the current version finishes the resync.
+    let current = routing.chains[0].chain_version;
+    let failed_at = current - 1;
+    let mut stale = heartbeat(11);
+    stale.targets = vec![
+        report(1, LocalTargetState::UpToDate, current),
+        report(2, LocalTargetState::UpToDate, failed_at),
+    ];
+    primary.mgmtd.heartbeat(stale).await.expect("heartbeat with a stale claim");
+    let routing = primary.mgmtd.fresh_routing().await.expect("routing");
+    let syncing = r3fs_rpc::mgmtd::PublicTargetState::Syncing as i32;
+    let target_2 = routing.chains[0].targets.iter().find(|t| t.target_id == 2).expect("target 2");
+    assert_eq!(target_2.public_state, syncing, "a stale claim must not end the resync");
+    let mut fresh = heartbeat(12);
+    fresh.targets = vec![
+        report(1, LocalTargetState::UpToDate, current),
+        report(2, LocalTargetState::UpToDate, current),
+    ];
+    primary.mgmtd.heartbeat(fresh).await.expect("heartbeat with a current claim");
+    let routing = primary.mgmtd.fresh_routing().await.expect("routing");
+    let serving = r3fs_rpc::mgmtd::PublicTargetState::Serving as i32;
+    assert!(routing.chains[0].targets.iter().all(|t| t.public_state == serving));
 }
 
 #[tokio::test]
