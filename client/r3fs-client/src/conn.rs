@@ -372,7 +372,17 @@ async fn read_loop(mut reader: OwnedReadHalf, shared: Arc<Shared>, limits: Frame
                     }
                     shared.deliver(frame);
                 }
-                Ok(Decoded::NeedMore { needed_len }) => needed = needed_len,
+                // The codec asks for more only when the buffer is shorter; anything else
+                // would spin here.
+                Ok(Decoded::NeedMore { needed_len }) if needed_len > buf.len() => {
+                    needed = needed_len
+                }
+                Ok(Decoded::NeedMore { needed_len }) => {
+                    break 'connection TransportError::new(
+                        ErrorCode::Internal,
+                        format!("decoder asked for {needed_len} bytes with {} buffered", buf.len()),
+                    );
+                }
                 Err(e) => {
                     break 'connection TransportError::new(
                         e.code(),
@@ -497,5 +507,186 @@ impl Pool {
     pub(crate) fn connection_count(&self, address: SocketAddr) -> usize {
         let pool = self.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(&address).cloned();
         pool.map_or(0, |p| p.best().1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use r3fs_wire::{Frame, Ping, Pong};
+    use tokio::net::TcpListener;
+
+    const LIMITS: FrameLimits = FrameLimits::DEFAULT;
+
+    async fn connect(listener: &TcpListener, window_bytes: u32) -> Connection {
+        let address = listener.local_addr().expect("address");
+        Connection::connect(address, Duration::from_secs(5), window_bytes, LIMITS)
+            .await
+            .expect("connect")
+    }
+
+    /// Reads one whole frame from a raw server socket.
+    async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
+        loop {
+            if let Ok(Decoded::Complete(frame)) = decode_frame(buf, &LIMITS) {
+                return frame;
+            }
+            assert!(stream.read_buf(buf).await.expect("read") > 0, "client closed");
+        }
+    }
+
+    async fn reply(stream: &mut TcpStream, request: &Frame, message: Message) {
+        let frame = Frame::new(request.request_id, message, request.payload.clone());
+        let mut out = BytesMut::new();
+        frame.encode(&mut out, &LIMITS).expect("encode");
+        stream.write_all(&out).await.expect("write");
+    }
+
+    fn ping(nonce: u64) -> Message {
+        Ping { nonce }.into()
+    }
+
+    #[tokio::test]
+    async fn replies_are_matched_by_request_id_in_any_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connection = connect(&listener, 1 << 20).await;
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = BytesMut::new();
+            let first = read_frame(&mut stream, &mut buf).await;
+            let second = read_frame(&mut stream, &mut buf).await;
+            // Answer the second request first.
+            for request in [&second, &first] {
+                let Message::Ping(Ping { nonce }) = request.message else { panic!("ping") };
+                reply(&mut stream, request, Pong { nonce }.into()).await;
+            }
+            stream
+        });
+        let timeout = Duration::from_secs(5);
+        let (ping1, ping2) = (ping(1), ping(2));
+        let a = connection.call(&ping1, b"one", crc32c::crc32c(b"one"), 64, timeout);
+        let b = connection.call(&ping2, b"two!", crc32c::crc32c(b"two!"), 64, timeout);
+        let (a, b) = tokio::join!(a, b);
+        let (a, b) = (a.expect("first"), b.expect("second"));
+        assert_eq!(a.frame.message, Pong { nonce: 1 }.into());
+        assert_eq!(&a.frame.payload[..], b"one");
+        assert_eq!(b.frame.message, Pong { nonce: 2 }.into());
+        assert_eq!(&b.frame.payload[..], b"two!");
+        drop(server.await.expect("server"));
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_request_leaves_the_connection_usable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connection = connect(&listener, 1 << 20).await;
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let error = connection
+            .call(&ping(1), &[], 0, 64, Duration::from_millis(50))
+            .await
+            .expect_err("nobody answers");
+        assert_eq!(error.code, ErrorCode::Timeout);
+        let mut buf = BytesMut::new();
+        let late = read_frame(&mut stream, &mut buf).await;
+        reply(&mut stream, &late, Pong { nonce: 1 }.into()).await;
+        // The late reply is dropped; the next request gets its own answer.
+        let ping2 = ping(2);
+        let call = connection.call(&ping2, &[], 0, 64, Duration::from_secs(5));
+        let serve = async {
+            let request = read_frame(&mut stream, &mut buf).await;
+            reply(&mut stream, &request, Pong { nonce: 2 }.into()).await;
+        };
+        let (result, ()) = tokio::join!(call, serve);
+        assert_eq!(result.expect("second call").frame.message, Pong { nonce: 2 }.into());
+        assert!(!connection.is_broken());
+    }
+
+    #[tokio::test]
+    async fn garbage_or_a_close_mid_frame_breaks_the_connection() {
+        for garbage in [true, false] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let connection = connect(&listener, 1 << 20).await;
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut buf = BytesMut::new();
+                let request = read_frame(&mut stream, &mut buf).await;
+                if garbage {
+                    stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                        .await
+                        .expect("write");
+                } else {
+                    let frame = Frame::new(
+                        request.request_id,
+                        Pong { nonce: 1 },
+                        Bytes::from_static(b"abcdef"),
+                    );
+                    let mut out = BytesMut::new();
+                    frame.encode(&mut out, &LIMITS).expect("encode");
+                    stream.write_all(&out[..out.len() - 3]).await.expect("write");
+                }
+                stream.shutdown().await.expect("shutdown");
+                stream
+            });
+            let error = connection
+                .call(&ping(1), &[], 0, 64, Duration::from_secs(5))
+                .await
+                .expect_err("the server misbehaves");
+            let expected =
+                if garbage { ErrorCode::MalformedFrame } else { ErrorCode::ConnectionLost };
+            assert_eq!(error.code, expected, "{error:?}");
+            assert!(connection.is_broken());
+            let again = connection.call(&ping(2), &[], 0, 64, Duration::from_secs(5)).await;
+            assert_eq!(
+                again.expect_err("broken").code,
+                expected,
+                "a broken connection is never reused"
+            );
+            drop(server.await.expect("server"));
+        }
+    }
+
+    /// A send abandoned in the middle of a frame (its deadline passed while the socket was
+    /// full) must never let the next frame start mid-stream.
+    #[tokio::test]
+    async fn a_frame_abandoned_half_written_breaks_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connection = connect(&listener, u32::MAX).await;
+        // The server accepts but never reads, so the socket buffers fill up.
+        let (_stream, _) = listener.accept().await.expect("accept");
+        let payload = vec![7u8; 48 << 20];
+        let crc = crc32c::crc32c(&payload);
+        let error = connection
+            .call(&ping(1), &payload, crc, 64, Duration::from_millis(300))
+            .await
+            .expect_err("cannot be sent in time");
+        assert_eq!(error.code, ErrorCode::Timeout);
+        assert!(connection.is_broken(), "half a frame went out");
+        let again = connection.call(&ping(2), &[], 0, 64, Duration::from_secs(1)).await;
+        assert_eq!(again.expect_err("broken").code, ErrorCode::ConnectionLost);
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_bytes_in_flight() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let connection = Arc::new(connect(&listener, 1000).await);
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let first = {
+            let connection = connection.clone();
+            tokio::spawn(async move {
+                connection.call(&ping(1), &[], 0, 800, Duration::from_secs(5)).await
+            })
+        };
+        let mut buf = BytesMut::new();
+        let request = read_frame(&mut stream, &mut buf).await;
+        assert_eq!(connection.available_window(), 200);
+        // A second request of 800 bytes must wait for the first reply to be dropped.
+        let second = connection.call(&ping(2), &[], 0, 800, Duration::from_millis(100)).await;
+        assert_eq!(second.expect_err("no window").code, ErrorCode::Timeout);
+        reply(&mut stream, &request, Pong { nonce: 1 }.into()).await;
+        let first = first.await.expect("task").expect("first reply");
+        assert_eq!(connection.available_window(), 200, "held until the reply is dropped");
+        drop(first);
+        assert_eq!(connection.available_window(), 1000);
     }
 }
