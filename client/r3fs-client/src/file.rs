@@ -100,13 +100,24 @@ impl FileClient {
 
     /// Opens (or creates) the regular file at `path` (absolute, or relative to the root).
     pub async fn open(&self, path: &str, options: &OpenOptions) -> ClientResult<File> {
+        self.open_at(0, path, options).await
+    }
+
+    /// Opens an inode by number (what a FUSE daemon does): `path` empty names `at` itself.
+    pub async fn open_inode(&self, inode: InodeId, options: &OpenOptions) -> ClientResult<File> {
+        self.open_at(inode.0, "", &OpenOptions { create: false, ..*options }).await
+    }
+
+    /// Opens (or creates) `path` relative to directory inode `at` (0: the root; an absolute
+    /// path ignores `at`).
+    pub async fn open_at(&self, at: u64, path: &str, options: &OpenOptions) -> ClientResult<File> {
         let flags =
             pb::OpenFlags { read: options.read, write: options.write, truncate: options.truncate };
         let client_id = self.storage.client_id().0;
         let opened = if options.create {
             self.meta
                 .create(pb::CreateRequest {
-                    target: Some(path_at(0, path)),
+                    target: Some(path_at(at, path)),
                     mode: options.mode,
                     exclusive: options.exclusive,
                     flags: Some(flags),
@@ -116,7 +127,7 @@ impl FileClient {
         } else {
             self.meta
                 .open(pb::OpenRequest {
-                    target: Some(path_at(0, path)),
+                    target: Some(path_at(at, path)),
                     flags: Some(flags),
                     client_id,
                 })
