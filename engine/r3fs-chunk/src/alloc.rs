@@ -10,7 +10,8 @@
 //! of a block with readers defers the free to the last [`Allocator::end_read`].
 
 use crate::format::{BlockAddr, CLASS_COUNT, SizeClass};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use crate::hash::{FastMap, FastSet};
+use std::collections::{BTreeSet, HashSet};
 
 #[derive(Debug, Default)]
 struct ClassSpace {
@@ -72,9 +73,9 @@ pub struct Allocator {
     capacity_bytes: u64,
     grow_bytes_max: u64,
     quarantined_bytes: u64,
-    reads: HashMap<BlockAddr, ReadState>,
+    reads: FastMap<BlockAddr, ReadState>,
     /// Blocks whose in-place updates were cancelled mid-IO: only copy-on-write until restart.
-    tainted: HashSet<BlockAddr>,
+    tainted: FastSet<BlockAddr>,
 }
 
 impl Allocator {
@@ -116,8 +117,8 @@ impl Allocator {
             capacity_bytes,
             grow_bytes_max,
             quarantined_bytes: 0,
-            reads: HashMap::new(),
-            tainted: HashSet::new(),
+            reads: FastMap::default(),
+            tainted: FastSet::default(),
         })
     }
 

@@ -7,7 +7,8 @@
 //! vouches for, so a reader whose header read raced with an append cannot roll the cache back.
 
 use crate::format::BlockAddr;
-use std::collections::{BTreeMap, HashMap};
+use crate::hash::FastMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 #[derive(Debug)]
@@ -16,7 +17,10 @@ struct Entry {
     crcs: Rc<[u32]>,
     /// Units `[page_first_unit, valid_end)` are valid; an absolute unit index.
     valid_end: u32,
+    /// Last use. The LRU index keeps the tick of insertion (or of the last time eviction
+    /// found the entry used): a hit costs no index update, eviction skips entries used since.
     tick: u64,
+    indexed_tick: u64,
 }
 
 /// Key: block and header page index.
@@ -24,7 +28,7 @@ type Key = (BlockAddr, u32);
 
 #[derive(Debug)]
 pub struct PageCache {
-    entries: HashMap<Key, Entry>,
+    entries: FastMap<Key, Entry>,
     lru: BTreeMap<u64, Key>,
     tick: u64,
     bytes: u64,
@@ -36,7 +40,13 @@ const ENTRY_OVERHEAD_BYTES: u64 = 96;
 
 impl PageCache {
     pub fn new(bytes_max: u64) -> PageCache {
-        PageCache { entries: HashMap::new(), lru: BTreeMap::new(), tick: 0, bytes: 0, bytes_max }
+        PageCache {
+            entries: FastMap::default(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            bytes: 0,
+            bytes_max,
+        }
     }
 
     fn cost(crcs: &[u32]) -> u64 {
@@ -51,9 +61,7 @@ impl PageCache {
         if entry.valid_end < units_end {
             return None;
         }
-        self.lru.remove(&entry.tick);
         entry.tick = tick;
-        self.lru.insert(tick, (addr, page));
         Some(entry.crcs.clone())
     }
 
@@ -79,9 +87,17 @@ impl PageCache {
         self.tick += 1;
         self.bytes += Self::cost(&crcs);
         self.lru.insert(self.tick, (addr, page));
-        self.entries.insert((addr, page), Entry { crcs, valid_end, tick: self.tick });
+        let tick = self.tick;
+        self.entries.insert((addr, page), Entry { crcs, valid_end, tick, indexed_tick: tick });
         while self.bytes > self.bytes_max {
-            let Some((_, key)) = self.lru.pop_first() else { break };
+            let Some((indexed, key)) = self.lru.pop_first() else { break };
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            if entry.tick != indexed {
+                // Used since it was indexed: give it its place back.
+                entry.indexed_tick = entry.tick;
+                self.lru.insert(entry.tick, key);
+                continue;
+            }
             if let Some(entry) = self.entries.remove(&key) {
                 self.bytes -= Self::cost(&entry.crcs);
             }
@@ -90,7 +106,7 @@ impl PageCache {
 
     fn remove(&mut self, addr: BlockAddr, page: u32) {
         if let Some(entry) = self.entries.remove(&(addr, page)) {
-            self.lru.remove(&entry.tick);
+            self.lru.remove(&entry.indexed_tick);
             self.bytes -= Self::cost(&entry.crcs);
         }
     }

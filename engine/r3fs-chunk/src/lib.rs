@@ -39,6 +39,7 @@ pub mod device;
 pub mod dma;
 pub mod error;
 pub mod format;
+mod hash;
 mod journal;
 pub mod mem;
 pub mod store;

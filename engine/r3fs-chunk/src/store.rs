@@ -1217,7 +1217,8 @@ impl<D: Device> ChunkStore<D> {
             let payload = Payload { offset, buf, len: n, units: units.clone(), crc };
             return self.append_in_place(guard, params, b, new_len, Some(payload)).await;
         }
-        let class = choose_class(new_len, params.chunk_size, base_block);
+        // A replace says what the chunk is; only growth by writes guesses it will grow on.
+        let class = choose_class(new_len, params.chunk_size, base_block.filter(|_| !replace));
         if offset == 0 && (replace || n >= base_len) {
             let Some(units) = units else { unreachable!("offset 0 is aligned") };
             return self.write_new_block(guard, params, class, buf, &units, new_len, crc).await;
@@ -1757,40 +1758,64 @@ enum Work {
 }
 
 impl<D: Device> Flusher<D> {
-    /// Runs until the store is closed (or fails and is closed).
+    /// Runs until the store is closed (or fails, or its last handle is dropped).
+    ///
+    /// Two batches are in flight at most: while one batch's records are written and synced,
+    /// the block files of the next one are synced, so a commit waits for about one log write
+    /// and one sync rather than three round trips.
     pub async fn run(self) {
         let store = ChunkStore { shared: self.shared, counted: false };
+        // Formed, its data synced, its records not yet written.
+        let mut ready: Option<FormedBatch> = None;
         loop {
-            let work = poll_fn(|cx| {
-                let mut inner = store.shared.inner();
-                if inner.failed.is_some() {
-                    // Nothing more can be made durable: let every waiter see the failure.
-                    return Poll::Ready(Work::Exit);
-                } else if !inner.queue.is_empty() {
-                    return Poll::Ready(Work::Batch);
-                } else if inner.compaction.is_some() {
-                    return Poll::Ready(Work::Compact);
-                } else if inner.compaction_requested {
-                    return Poll::Ready(Work::StartCompaction);
-                } else if inner.closing {
-                    return Poll::Ready(Work::Exit);
+            if ready.is_none() {
+                let work = poll_fn(|cx| {
+                    let mut inner = store.shared.inner();
+                    if inner.failed.is_some() {
+                        // Nothing more can be made durable: waiters see the failure.
+                        return Poll::Ready(Work::Exit);
+                    } else if !inner.queue.is_empty() {
+                        return Poll::Ready(Work::Batch);
+                    } else if inner.compaction.is_some() {
+                        return Poll::Ready(Work::Compact);
+                    } else if inner.compaction_requested {
+                        return Poll::Ready(Work::StartCompaction);
+                    } else if inner.closing {
+                        return Poll::Ready(Work::Exit);
+                    }
+                    inner.flusher_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                })
+                .await;
+                match work {
+                    Work::Exit => break,
+                    Work::StartCompaction => store.maybe_start_compaction().await,
+                    Work::Compact => store.compaction_step().await,
+                    Work::Batch => {
+                        let Some(batch) = store.form_batch() else { continue };
+                        if store.sync_batch_data(&batch).await {
+                            ready = Some(batch);
+                        }
+                    }
                 }
-                inner.flusher_waker = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await;
-            match work {
-                Work::Exit => break,
-                Work::Batch => {
-                    store.flush_batch().await;
-                    store.extend_log().await;
-                    store.maybe_start_compaction().await;
-                    // One compaction step per batch: compaction progresses under load.
-                    store.compaction_step().await;
-                }
-                Work::StartCompaction => store.maybe_start_compaction().await,
-                Work::Compact => store.compaction_step().await,
+                continue;
             }
+            let Some(batch) = ready.take() else { continue };
+            let next = store.form_batch();
+            let sync_next = async {
+                match &next {
+                    Some(next) => store.sync_batch_data(next).await,
+                    None => true,
+                }
+            };
+            let (logged, next_synced) = futures::join!(store.log_batch(batch), sync_next);
+            if logged && next_synced {
+                ready = next;
+            }
+            store.extend_log().await;
+            store.maybe_start_compaction().await;
+            // One compaction step per batch: compaction progresses under load.
+            store.compaction_step().await;
         }
         let mut inner = store.shared.inner();
         inner.flusher_done = true;
@@ -1798,17 +1823,50 @@ impl<D: Device> Flusher<D> {
     }
 }
 
+/// Queued commits taken together, with the block files written before they were queued.
+#[derive(Debug)]
+struct FormedBatch {
+    items: Vec<QueueItem>,
+    sync_classes: Vec<SizeClass>,
+}
+
 impl<D: Device> ChunkStore<D> {
-    /// One group commit: sync dirty block files, append the queued records, sync the log,
-    /// apply, wake the committers.
-    async fn flush_batch(&self) {
-        let (items, records, log_file, offset, bytes, new_tail, sync_classes) = {
+    /// Takes up to a batch of queued commits and the set of block files written so far (every
+    /// queued update's data write completed before it was queued).
+    fn form_batch(&self) -> Option<FormedBatch> {
+        let mut inner = self.shared.inner();
+        if inner.failed.is_some() || inner.queue.is_empty() {
+            return None;
+        }
+        let take = inner.queue.len().min(self.shared.config.commit_batch_records_max as usize);
+        let items: Vec<QueueItem> = inner.queue.drain(..take).collect();
+        let sync_classes: Vec<SizeClass> =
+            SizeClass::ALL.into_iter().filter(|c| inner.dirty[c.index()]).collect();
+        inner.dirty = [false; CLASS_COUNT];
+        Some(FormedBatch { items, sync_classes })
+    }
+
+    /// Data before the records that point at it. False (and the store failed) on error.
+    async fn sync_batch_data(&self, batch: &FormedBatch) -> bool {
+        let synced = futures::future::join_all(
+            batch.sync_classes.iter().map(|c| self.shared.file(*c).sync_data()),
+        )
+        .await;
+        if let Some(e) = synced.into_iter().find_map(Result::err) {
+            self.shared.inner().fail(format!("syncing block files before a commit: {e}"));
+            return false;
+        }
+        true
+    }
+
+    /// Appends a batch's records (seqs assigned now, so a compaction started between batches
+    /// sees exactly the durable seq), syncs the log, applies, wakes the committers.
+    async fn log_batch(&self, batch: FormedBatch) -> bool {
+        let (records, log_file, offset, bytes, new_tail) = {
             let mut inner = self.shared.inner();
-            let take = inner.queue.len().min(self.shared.config.commit_batch_records_max as usize);
-            let items: Vec<QueueItem> = inner.queue.drain(..take).collect();
-            let mut records = Vec::with_capacity(items.len());
-            let mut encoded = Vec::with_capacity(items.len() * RECORD_BYTES);
-            for item in &items {
+            let mut records = Vec::with_capacity(batch.items.len());
+            let mut encoded = Vec::with_capacity(batch.items.len() * RECORD_BYTES);
+            for item in &batch.items {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 let record = match item.change {
@@ -1819,46 +1877,31 @@ impl<D: Device> ChunkStore<D> {
                 records.push(record);
             }
             let (offset, bytes, new_tail) = inner.tail.prepare(&encoded);
-            let sync_classes: Vec<SizeClass> =
-                SizeClass::ALL.into_iter().filter(|c| inner.dirty[c.index()]).collect();
-            inner.dirty = [false; CLASS_COUNT];
-            (items, records, inner.log_file.clone(), offset, bytes, new_tail, sync_classes)
+            (records, inner.log_file.clone(), offset, bytes, new_tail)
         };
-        if items.is_empty() {
-            return;
-        }
-        let device = &self.shared.device;
-        // Data before the records that point at it.
-        let synced = futures::future::join_all(
-            sync_classes.iter().map(|c| self.shared.file(*c).sync_data()),
-        )
-        .await;
-        if let Some(e) = synced.into_iter().find_map(Result::err) {
-            self.shared.inner().fail(format!("syncing block files before a commit: {e}"));
-            return;
-        }
-        if let Err(e) = journal::write_bytes(device, &log_file, offset, &bytes).await {
+        if let Err(e) = journal::write_bytes(&self.shared.device, &log_file, offset, &bytes).await {
             self.shared.inner().fail(format!("writing the metadata log: {e}"));
-            return;
+            return false;
         }
         if let Err(e) = log_file.sync_data().await {
             self.shared.inner().fail(format!("syncing the metadata log: {e}"));
-            return;
+            return false;
         }
         let mut inner = self.shared.inner();
         inner.tail = new_tail;
         let aligned_end = align_up(inner.tail.pos as usize) as u64;
         inner.zeroed_end = inner.zeroed_end.max(aligned_end);
-        for item in &items {
+        for item in &batch.items {
             inner.apply(item);
         }
-        inner.applied_through = items.last().map_or(inner.applied_through, |i| i.ticket + 1);
+        inner.applied_through = batch.items.last().map_or(inner.applied_through, |i| i.ticket + 1);
         inner.stats.commit_batches += 1;
-        inner.stats.commit_records += items.len() as u64;
+        inner.stats.commit_records += batch.items.len() as u64;
         if let Some(compaction) = inner.compaction.as_mut() {
             compaction.committed.extend(records);
         }
         inner.wake_waiters();
+        true
     }
 
     /// Starts a compaction when the log has grown enough (or one was requested). Runs in the
