@@ -253,7 +253,14 @@ pub async fn read(
     offset: u32,
     length: u32,
 ) -> (Outcome, Vec<u8>) {
-    for _ in 0..50 {
+    use r3fs_types::ErrorCode;
+    // Transient answers a client retries: an update still pending, or a daemon that restarted
+    // and has not yet learned its targets from mgmtd (whose routing may still list the target as
+    // serving from before the restart).
+    const TRANSIENT: [ErrorCode; 3] =
+        [ErrorCode::ChunkNotCommitted, ErrorCode::TargetNotFound, ErrorCode::TargetNotServing];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let request = BatchReadRequest {
             items: vec![BatchReadItem {
                 chain_id: ChainId(chain),
@@ -265,13 +272,17 @@ pub async fn read(
         let (reply, payload) = client.batch_read(request).await.expect("batch read");
         assert!(reply.outcome.is_ok(), "{reply:?}");
         let item = reply.items[0];
-        if item.outcome == Outcome::Failed(r3fs_types::ErrorCode::ChunkNotCommitted) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
+        let transient = matches!(item.outcome, Outcome::Failed(code) if TRANSIENT.contains(&code));
+        if !transient {
+            return (item.outcome, payload.to_vec());
         }
-        return (item.outcome, payload.to_vec());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chunk {chunk} stayed unreadable for 30 s: {:?}",
+            item.outcome
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("chunk {chunk} stayed uncommitted");
 }
 
 /// Deterministic test bytes.
