@@ -17,7 +17,9 @@ use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
 use r3fs_storage::client::DataClient;
 use r3fs_storage::routing::RoutingSnapshot;
 use r3fs_testkit::{Proc, binary, free_port};
-use r3fs_types::{ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, InodeId, PublicTargetState, TargetId};
+use r3fs_types::{
+    ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, InodeId, PublicTargetState, TargetId,
+};
 use r3fs_wire::{BatchReadItem, BatchReadRequest, Outcome, UpdateKind, UpdateRequest};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,16 +88,23 @@ fn start_storage(dir: &Path, mgmtd: &str, token: &str) -> Proc {
 }
 
 async fn setup_chain(mgmtd: &str, dir: &Path) -> (Proc, RoutingSnapshot) {
-    let client = MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd.to_string()], None)).expect("client");
+    let client =
+        MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd.to_string()], None)).expect("client");
     let token = client
-        .init_cluster(admin::InitClusterRequest { cluster_id: "bench".into(), ..Default::default() })
+        .init_cluster(admin::InitClusterRequest {
+            cluster_id: "bench".into(),
+            ..Default::default()
+        })
         .await
         .expect("init cluster")
         .admin_token;
     let admin = client.with_token(Some(token.clone())).expect("token");
     let storage = start_storage(dir, mgmtd, &token);
     let spec = admin::TargetSpec { target_id: 101, node_id: 2, disk_index: 0, chain_id: 1 };
-    admin.create_targets(admin::CreateTargetsRequest { targets: vec![spec] }).await.expect("create target");
+    admin
+        .create_targets(admin::CreateTargetsRequest { targets: vec![spec] })
+        .await
+        .expect("create target");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let list = admin.list_targets(admin::ListTargetsRequest {}).await.expect("list targets");
@@ -107,7 +116,10 @@ async fn setup_chain(mgmtd: &str, dir: &Path) -> (Proc, RoutingSnapshot) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let chain = admin::ChainSpec { chain_id: 1, target_ids: vec![101] };
-    admin.upload_chains(admin::UploadChainsRequest { chains: vec![chain] }).await.expect("upload chain");
+    admin
+        .upload_chains(admin::UploadChainsRequest { chains: vec![chain] })
+        .await
+        .expect("upload chain");
     loop {
         if let Some(info) = admin.get_routing_info(0, Duration::ZERO).await.expect("routing") {
             let (snapshot, _) = RoutingSnapshot::from_pb(&info);
@@ -124,7 +136,12 @@ async fn setup_chain(mgmtd: &str, dir: &Path) -> (Proc, RoutingSnapshot) {
     }
 }
 
-async fn run_writes(address: std::net::SocketAddr, version: ChainVersion, blocks: u64, depth: usize) -> f64 {
+async fn run_writes(
+    address: std::net::SocketAddr,
+    version: ChainVersion,
+    blocks: u64,
+    depth: usize,
+) -> f64 {
     let data = vec![0xA5u8; BLOCK];
     let crc = crc32c::crc32c(&data);
     let start = Instant::now();
@@ -245,9 +262,13 @@ async fn main() {
     std::fs::create_dir_all(&fio_dir).expect("fio dir");
     let fio_write = fio(&fio_dir, "write", args.total_mib, args.depth);
     let fio_read = fio(&fio_dir, "read", args.total_mib, args.depth);
-    println!("| sequential 4 MiB, depth {}, {} MiB | r3fs-storage MiB/s | fio MiB/s | ratio |", args.depth, args.total_mib);
+    println!(
+        "| sequential 4 MiB, depth {}, {} MiB | r3fs-storage MiB/s | fio MiB/s | ratio |",
+        args.depth, args.total_mib
+    );
     println!("| --- | --- | --- | --- |");
-    for (name, ours, theirs) in [("write", write_mib_s, fio_write), ("read", read_mib_s, fio_read)] {
+    for (name, ours, theirs) in [("write", write_mib_s, fio_write), ("read", read_mib_s, fio_read)]
+    {
         match theirs {
             Some(fio) => println!("| {name} | {ours:.0} | {fio:.0} | {:.2} |", ours / fio),
             None => println!("| {name} | {ours:.0} | (fio unavailable) | - |"),
