@@ -149,7 +149,8 @@ impl StorageConfig {
                 self.listen_port_base, self.cores
             ));
         }
-        if self.io_memory_bytes < IO_MEMORY_BYTES_MIN || self.io_memory_bytes % 4096 != 0 {
+        if self.io_memory_bytes < IO_MEMORY_BYTES_MIN || !self.io_memory_bytes.is_multiple_of(4096)
+        {
             errors.push(format!(
                 "io_memory_bytes ({}) must be a multiple of 4096 and at least {IO_MEMORY_BYTES_MIN}",
                 self.io_memory_bytes
