@@ -150,9 +150,8 @@ async fn run_writes(
         let data = data.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = DataClient::connect(address).await.expect("connect");
-            let mut sequence = 0;
-            for block in (lane..blocks).step_by(depth) {
-                sequence += 1;
+            for (done, block) in (lane..blocks).step_by(depth).enumerate() {
+                let sequence = done as u64 + 1;
                 let request = UpdateRequest {
                     kind: UpdateKind::Write,
                     chain_id: ChainId(1),
