@@ -665,7 +665,9 @@ impl StorageClient {
                 serving.iter().copied().filter(|t| !avoided.contains(t)).collect();
             let candidates = if candidates.is_empty() { serving } else { candidates };
             let target = if from_tail[i] {
-                route.tail()
+                // The last serving replica not yet failed for this item (the tail commits
+                // first), else the tail itself.
+                candidates.last().copied().or_else(|| route.tail())
             } else if candidates.is_empty() {
                 None
             } else {
