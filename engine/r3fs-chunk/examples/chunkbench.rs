@@ -2,17 +2,21 @@
 //!
 //! `cargo run --release -p r3fs-chunk --example chunkbench -- [--dir DIR] [--size-mib N] ...`
 //!
-//! For each repetition, interleaved so that drift hits both alike:
-//! 1. sequential write of `--size-mib` in 4 MiB blocks, queue depth `--seq-qd`: fio
-//!    (`--rw=write --bs=4M`) against the store (full-chunk updates of 4 MiB chunks, each staged
-//!    and committed durably: data synced before its log record, group commit);
-//! 2. sequential read of the same data: fio `--rw=read` against full-chunk store reads (every
-//!    unit's checksum verified);
-//! 3. 4 KiB random reads at queue depth `--rand-qd` for `--rand-seconds`: fio `--rw=randread`
+//! For each repetition (fio first, then the store, so that drift hits both alike):
+//! 1. sequential write of `--size-mib` in 4 MiB blocks at queue depth `--seq-qd` into new
+//!    space: fio `--rw=write --bs=4M` on a new file; the store: `seq-qd` concurrent updates of
+//!    new 4 MiB chunks on a new target, each staged then committed (durable on return);
+//! 2. the same again over the space written before (fio rewrites its file; the store writes
+//!    version 2 of every chunk, copy-on-write into the blocks the previous chunks freed) — the
+//!    steady state of a long-lived target. fio also runs once more with `--end_fsync=1`;
+//! 3. sequential read of the data: fio `--rw=read` against full-chunk store reads (every unit's
+//!    checksum verified);
+//! 4. 4 KiB random reads at queue depth `--rand-qd` for `--rand-seconds`: fio `--rw=randread`
 //!    against store reads of one random 4 KiB unit of a random chunk.
 //!
-//! fio runs with `--ioengine=io_uring --direct=1`. Medians over repetitions are printed with
-//! the store/fio ratios.
+//! fio runs with `--ioengine=io_uring --direct=1`. The store's write buffers are filled before
+//! the clock starts, as fio's are. Medians over repetitions are printed with the store/fio
+//! ratios; per-phase details (commit latency, batches, executor CPU) go to stderr.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
 use r3fs_chunk::dma::{DmaDevice, DmaDeviceConfig};
-use r3fs_chunk::{ChunkStore, StageRequest, StoreConfig, UpdateOp, UpdateOutcome};
+use r3fs_chunk::{ChunkStore, CommitOutcome, StageOutcome, StageRequest, StoreConfig, UpdateOp};
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -55,7 +59,13 @@ struct Args {
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
+    /// Into new space (a fresh file / a new target).
     write_bytes_per_sec: f64,
+    /// Over space written before (a file rewritten / a target in steady state).
+    rewrite_bytes_per_sec: f64,
+    /// The rewrite including making it durable (fio `--end_fsync=1`; every store commit is
+    /// durable anyway).
+    durable_rewrite_bytes_per_sec: f64,
     read_bytes_per_sec: f64,
     rand_read_iops: f64,
 }
@@ -67,6 +77,7 @@ fn fio(
     bs: &str,
     qd: usize,
     timed: bool,
+    end_fsync: bool,
 ) -> Result<serde_json::Value> {
     let mut command = Command::new("fio");
     command
@@ -83,6 +94,9 @@ fn fio(
     if timed {
         command.arg(format!("--runtime={}", args.rand_seconds)).arg("--time_based");
     }
+    if end_fsync {
+        command.arg("--end_fsync=1");
+    }
     let output = command.output().context("run fio (apt-get install fio)")?;
     if !output.status.success() {
         bail!("fio failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -95,14 +109,19 @@ fn fio_figures(args: &Args) -> Result<Figures> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("data");
-    let write = fio(args, &file, "write", "4M", args.seq_qd, false)?;
-    let read = fio(args, &file, "read", "4M", args.seq_qd, false)?;
-    let rand = fio(args, &file, "randread", "4k", args.rand_qd, true)?;
+    let write = fio(args, &file, "write", "4M", args.seq_qd, false, false)?;
+    let rewrite = fio(args, &file, "write", "4M", args.seq_qd, false, false)?;
+    // Also leaves no dirty data in the host's cache to slow the read phases down.
+    let durable = fio(args, &file, "write", "4M", args.seq_qd, false, true)?;
+    let read = fio(args, &file, "read", "4M", args.seq_qd, false, false)?;
+    let rand = fio(args, &file, "randread", "4k", args.rand_qd, true, false)?;
     let job = |v: &serde_json::Value, dir: &str, key: &str| {
         v["jobs"][0][dir][key].as_f64().context("fio JSON field")
     };
     let figures = Figures {
         write_bytes_per_sec: job(&write, "write", "bw_bytes")?,
+        rewrite_bytes_per_sec: job(&rewrite, "write", "bw_bytes")?,
+        durable_rewrite_bytes_per_sec: job(&durable, "write", "bw_bytes")?,
         read_bytes_per_sec: job(&read, "read", "bw_bytes")?,
         rand_read_iops: job(&rand, "read", "iops")?,
     };
@@ -129,54 +148,11 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
     let chunks = args.size_mib / 4;
     let crc = crc32c::crc32c(payload);
 
-    // The data arrives in DMA buffers (in the daemon, straight from the network): fill them
-    // before the clock starts, as fio's buffers are.
-    let buffers: Rc<std::cell::RefCell<Vec<_>>> = Rc::new(std::cell::RefCell::new(
-        (0..chunks)
-            .map(|_| {
-                let mut data = store.alloc_buf(BLOCK);
-                data.data_mut().copy_from_slice(payload);
-                data
-            })
-            .collect(),
-    ));
-
-    // Sequential write: `seq_qd` writers take the next chunk each.
-    let next = Rc::new(Cell::new(0u64));
-    let cpu = thread_cpu();
-    let started = Instant::now();
-    let writers = (0..args.seq_qd).map(|_| {
-        let (store, next, buffers) = (store.clone(), next.clone(), buffers.clone());
-        async move {
-            loop {
-                let index = next.get();
-                if index >= chunks {
-                    return Ok::<(), anyhow::Error>(());
-                }
-                next.set(index + 1);
-                let Some(data) = buffers.borrow_mut().pop() else { bail!("out of buffers") };
-                let request = StageRequest {
-                    chunk: chunk(index),
-                    version: ChunkVersion(1),
-                    chain_version: ChainVersion(1),
-                    chunk_size: BLOCK as u32,
-                    op: UpdateOp::Replace { data, crc },
-                };
-                let outcome = store.update(request).await?;
-                if !matches!(outcome, UpdateOutcome::Committed(_)) {
-                    bail!("update of chunk {index}: {outcome:?}");
-                }
-            }
-        }
-    });
-    for result in futures::future::join_all(writers).await {
-        result?;
-    }
-    let write_secs = started.elapsed().as_secs_f64();
-    let write_cpu = thread_cpu() - cpu;
+    let (write_secs, write_cpu) = write_pass(&store, &args, payload, 1).await?;
+    let (rewrite_secs, _) = write_pass(&store, &args, payload, 2).await?;
 
     // Sequential read, verified.
-    next.set(0);
+    let next = Rc::new(Cell::new(0u64));
     let cpu = thread_cpu();
     let started = Instant::now();
     let readers = (0..args.seq_qd).map(|_| {
@@ -236,8 +212,8 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
     let bytes = (chunks * BLOCK as u64) as f64;
     let gib = bytes / f64::from(1u32 << 30);
     eprintln!(
-        "  store: {} commit batches for {} records, header cache {} KiB; executor CPU: \
-         write {:.2} s/GiB, read {:.2} s/GiB, random read {:.1} us/op",
+        "  store: {} commit batches for {} records, header cache {} KiB; executor CPU: write \
+         {:.2} s/GiB, read {:.2} s/GiB, random read {:.1} us/op",
         stats.commit_batches,
         stats.commit_records,
         stats.header_cache_bytes >> 10,
@@ -247,9 +223,87 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
     );
     Ok(Figures {
         write_bytes_per_sec: bytes / write_secs,
+        rewrite_bytes_per_sec: bytes / rewrite_secs,
+        durable_rewrite_bytes_per_sec: bytes / rewrite_secs,
         read_bytes_per_sec: bytes / read_secs,
         rand_read_iops: done.get() as f64 / rand_secs,
     })
+}
+
+/// Writes every chunk once at `version` with `seq_qd` concurrent updates (stage, then commit,
+/// as a chain replica does). Returns elapsed and executor CPU seconds.
+async fn write_pass(
+    store: &ChunkStore<DmaDevice>,
+    args: &Args,
+    payload: &[u8],
+    version: u64,
+) -> Result<(f64, f64)> {
+    let chunks = args.size_mib / 4;
+    let crc = crc32c::crc32c(payload);
+    // The data arrives in DMA buffers (in the daemon, straight from the network): fill them
+    // before the clock starts, as fio's buffers are.
+    let buffers: Rc<std::cell::RefCell<Vec<_>>> = Rc::new(std::cell::RefCell::new(
+        (0..chunks)
+            .map(|_| {
+                let mut data = store.alloc_buf(BLOCK);
+                data.data_mut().copy_from_slice(payload);
+                data
+            })
+            .collect(),
+    ));
+    let next = Rc::new(Cell::new(0u64));
+    let stage_time = Rc::new(Cell::new(Duration::ZERO));
+    let commit_time = Rc::new(Cell::new(Duration::ZERO));
+    let batches = store.stats().commit_batches;
+    let cpu = thread_cpu();
+    let started = Instant::now();
+    let writers = (0..args.seq_qd).map(|_| {
+        let (store, next, buffers) = (store.clone(), next.clone(), buffers.clone());
+        let (stage_time, commit_time) = (stage_time.clone(), commit_time.clone());
+        async move {
+            loop {
+                let index = next.get();
+                if index >= chunks {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                next.set(index + 1);
+                let Some(data) = buffers.borrow_mut().pop() else { bail!("out of buffers") };
+                let request = StageRequest {
+                    chunk: chunk(index),
+                    version: ChunkVersion(version),
+                    chain_version: ChainVersion(1),
+                    chunk_size: BLOCK as u32,
+                    op: UpdateOp::Replace { data, crc },
+                };
+                let t0 = Instant::now();
+                let staged = store.stage(request).await?;
+                if !matches!(staged, StageOutcome::Staged(_)) {
+                    bail!("stage of chunk {index}: {staged:?}");
+                }
+                let t1 = Instant::now();
+                let committed = store.commit(chunk(index), ChunkVersion(version)).await?;
+                if !matches!(committed, CommitOutcome::Committed(_)) {
+                    bail!("commit of chunk {index}: {committed:?}");
+                }
+                stage_time.set(stage_time.get() + (t1 - t0));
+                commit_time.set(commit_time.get() + t1.elapsed());
+            }
+        }
+    });
+    for result in futures::future::join_all(writers).await {
+        result?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = thread_cpu() - cpu;
+    eprintln!(
+        "  store write pass {version}: {:.0} MiB/s; stage {:.1} ms + commit {:.1} ms per update, \
+         {} commit batches",
+        (chunks * BLOCK as u64) as f64 / secs / f64::from(1u32 << 20),
+        stage_time.get().as_secs_f64() * 1e3 / chunks as f64,
+        commit_time.get().as_secs_f64() * 1e3 / chunks as f64,
+        store.stats().commit_batches - batches
+    );
+    Ok((secs, cpu))
 }
 
 /// CPU seconds (user + system) of the calling thread.
@@ -308,8 +362,10 @@ fn main() -> Result<()> {
     let pick = |runs: &[Figures], f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
     type Row = (&'static str, fn(&Figures) -> f64, f64, &'static str, f64);
     let mib = 1.0 / f64::from(1u32 << 20);
-    let rows: [Row; 3] = [
+    let rows: [Row; 5] = [
         ("seq write 4 MiB", |f| f.write_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("seq rewrite 4 MiB", |f| f.rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("  vs fio end_fsync", |f| f.durable_rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
         ("seq read 4 MiB", |f| f.read_bytes_per_sec, mib, "MiB/s", 0.90),
         ("rand read 4 KiB", |f| f.rand_read_iops, 1.0, "IOPS", 0.70),
     ];

@@ -36,6 +36,12 @@ impl Default for StoreConfig {
     }
 }
 
+/// Chunk bytes per group commit (a batch takes at least one record whatever its size): after a
+/// crash, the opener re-reads and verifies the chunks of the last batch, so this bounds the extra
+/// work of an open.
+pub const COMMIT_BATCH_BYTES_MAX: u64 = 256 << 20;
+const _: () = assert!(COMMIT_BATCH_BYTES_MAX >= CLASS_BYTES_MAX as u64);
+
 /// Records of one batch must stay far below a log extent (replay tells a torn last batch from
 /// mid-log damage by distance).
 pub const COMMIT_BATCH_RECORDS_LIMIT: u32 = 16 * 1024;

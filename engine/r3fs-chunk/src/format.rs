@@ -164,6 +164,8 @@ pub enum RecordKind {
     Put = 4,
     /// A chunk is removed.
     Delete = 5,
+    /// Every batch before this record is durable, data included (written at a clean close).
+    Seal = 6,
 }
 
 impl RecordKind {
@@ -174,6 +176,7 @@ impl RecordKind {
             3 => RecordKind::CheckpointEnd,
             4 => RecordKind::Put,
             5 => RecordKind::Delete,
+            6 => RecordKind::Seal,
             _ => return None,
         })
     }
@@ -224,6 +227,9 @@ pub enum Record {
         seq: u64,
         chunk: ChunkId,
     },
+    Seal {
+        seq: u64,
+    },
 }
 
 /// Why a record did not decode. Replay treats any of these at the log tail as its end.
@@ -249,11 +255,20 @@ fn record_crc(generation: u64, body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&generation.to_le_bytes()), body)
 }
 
+/// Flag of the first record of a commit batch (byte 6).
+pub const FLAG_BATCH_START: u8 = 1;
+
 /// Layout of a record (little-endian; the chunk id in its own big-endian byte order):
 /// `[0,4)` crc32c of `[4,64)` seeded with the log generation, `[4]` kind, `[5]` size class or
-/// 0xFF, `[6,8)` zero, `[8,16)` seq, `[16,32)` chunk id, `[32,40)` version, `[40,44)` chain
-/// version, `[44,48)` length, `[48,52)` chunk crc32c, `[52,56)` block slot, `[56,64)` serial.
+/// 0xFF, `[6]` flags, `[7]` zero, `[8,16)` seq, `[16,32)` chunk id, `[32,40)` version,
+/// `[40,44)` chain version, `[44,48)` length, `[48,52)` chunk crc32c, `[52,56)` block slot,
+/// `[56,64)` serial.
 pub fn encode(record: &Record, generation: u64) -> [u8; RECORD_BYTES] {
+    encode_flagged(record, generation, 0)
+}
+
+/// [`encode`] with flags (`FLAG_BATCH_START`).
+pub fn encode_flagged(record: &Record, generation: u64, flags: u8) -> [u8; RECORD_BYTES] {
     let mut out = [0u8; RECORD_BYTES];
     let (kind, seq, chunk_bytes, state, extra) = match *record {
         Record::Header { base_seq, format_version, generation } => (
@@ -274,9 +289,11 @@ pub fn encode(record: &Record, generation: u64) -> [u8; RECORD_BYTES] {
             (RecordKind::Put, seq, chunk.to_bytes(), Some(state), None)
         }
         Record::Delete { seq, chunk } => (RecordKind::Delete, seq, chunk.to_bytes(), None, None),
+        Record::Seal { seq } => (RecordKind::Seal, seq, [0; 16], None, None),
     };
     out[4] = kind as u8;
     out[5] = NO_CLASS;
+    out[6] = flags;
     out[8..16].copy_from_slice(&seq.to_le_bytes());
     out[16..32].copy_from_slice(&chunk_bytes);
     if let Some(state) = state {
@@ -312,13 +329,18 @@ fn u64_at(bytes: &[u8; RECORD_BYTES], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
+/// The flags of an encoded record (valid once [`decode`] accepted it).
+pub fn flags(bytes: &[u8; RECORD_BYTES]) -> u8 {
+    bytes[6]
+}
+
 /// Decodes one record of log generation `generation`.
 pub fn decode(bytes: &[u8; RECORD_BYTES], generation: u64) -> Result<Record, DecodeError> {
     if u32_at(bytes, 0) != record_crc(generation, &bytes[4..]) {
         return Err(DecodeError::Checksum);
     }
     let kind = RecordKind::from_u8(bytes[4]).ok_or(DecodeError::Kind(bytes[4]))?;
-    if bytes[6] != 0 || bytes[7] != 0 {
+    if bytes[6] & !FLAG_BATCH_START != 0 || bytes[7] != 0 {
         return Err(DecodeError::Reserved);
     }
     let seq = u64_at(bytes, 8);
@@ -362,6 +384,7 @@ pub fn decode(bytes: &[u8; RECORD_BYTES], generation: u64) -> Result<Record, Dec
         },
         RecordKind::Put => Record::Put { seq, chunk, state: state()? },
         RecordKind::Delete => Record::Delete { seq, chunk },
+        RecordKind::Seal => Record::Seal { seq },
     })
 }
 
@@ -442,6 +465,7 @@ mod tests {
                 Record::CheckpointEnd { base_seq: seq, entries: ids.0, next_serial: ids.1, body_crc: state.crc },
                 Record::Put { seq, chunk, state },
                 Record::Delete { seq, chunk },
+                Record::Seal { seq },
                 Record::Put { seq, chunk, state: ChunkState { block: None, len: 0, ..state } },
             ];
             for record in records {

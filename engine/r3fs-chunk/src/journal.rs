@@ -1,7 +1,7 @@
 //! The metadata log: appending records, writing checkpoints, replaying at open.
 //!
 //! A log file (`meta-<generation>.log`) reads:
-//! `Header · CheckpointEntry* · (Put|Delete)* · CheckpointEnd · (Put|Delete)*`.
+//! `Header · CheckpointEntry* · (Put|Delete)* · CheckpointEnd · (Put|Delete|Seal)*`.
 //! The part before `CheckpointEnd` (the body) is the state as of one moment plus the records
 //! committed while the checkpoint was being written; `CheckpointEnd` is written only after the
 //! body is durable, so a file that has it is complete. After it come the commits, each batch one
@@ -181,6 +181,17 @@ pub struct Replayed {
     pub next_serial: u64,
     /// Bytes of valid records.
     pub valid_bytes: u64,
+    /// The puts of the last commit batch, with each chunk's state before the batch: a batch's
+    /// records are written while its block files are synced, so after a crash the last batch's
+    /// data may not have reached the disk. The opener verifies them and reverts failures.
+    pub last_batch: Vec<LastBatchPut>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastBatchPut {
+    pub chunk: ChunkId,
+    pub previous: Option<ChunkState>,
+    pub state: ChunkState,
 }
 
 #[derive(Debug)]
@@ -219,6 +230,8 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
     let mut body_crc = 0u32;
     let mut valid_bytes = 0u64;
     let mut end_of_log: Option<u64> = None;
+    // Chunks changed by the current tail batch: their state before it, and the latest put.
+    let mut batch: BTreeMap<ChunkId, (Option<ChunkState>, Option<ChunkState>)> = BTreeMap::new();
     let mut offset = 0u64;
     while offset < file_len {
         let want = format::align_up((file_len - offset).min(REPLAY_READ_BYTES as u64) as usize);
@@ -303,6 +316,13 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
                     }
                     last_seq = seq;
                     next_serial = next_serial.max(state.serial + 1);
+                    if phase == Phase::Tail {
+                        if format::flags(&record_bytes) & format::FLAG_BATCH_START != 0 {
+                            batch.clear();
+                        }
+                        let previous = chunks.get(&chunk).copied();
+                        batch.entry(chunk).or_insert((previous, None)).1 = Some(state);
+                    }
                     chunks.insert(chunk, state);
                     if phase == Phase::Entries {
                         phase = Phase::Committed;
@@ -313,10 +333,24 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
                         return Err(corrupt(format!("seq {seq} after seq {last_seq}")));
                     }
                     last_seq = seq;
+                    if phase == Phase::Tail {
+                        if format::flags(&record_bytes) & format::FLAG_BATCH_START != 0 {
+                            batch.clear();
+                        }
+                        let previous = chunks.get(&chunk).copied();
+                        batch.entry(chunk).or_insert((previous, None)).1 = None;
+                    }
                     chunks.remove(&chunk);
                     if phase == Phase::Entries {
                         phase = Phase::Committed;
                     }
+                }
+                (Phase::Tail, Record::Seal { seq }) => {
+                    if seq != last_seq + 1 {
+                        return Err(corrupt(format!("seq {seq} after seq {last_seq}")));
+                    }
+                    last_seq = seq;
+                    batch.clear();
                 }
                 (
                     Phase::Entries | Phase::Committed,
@@ -349,7 +383,13 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
             "the file ends before the checkpoint end marker".into(),
         ));
     }
-    Ok(Replayed { chunks, next_seq: last_seq + 1, next_serial, valid_bytes })
+    let last_batch = batch
+        .into_iter()
+        .filter_map(|(chunk, (previous, latest))| {
+            latest.map(|state| LastBatchPut { chunk, previous, state })
+        })
+        .collect();
+    Ok(Replayed { chunks, next_seq: last_seq + 1, next_serial, valid_bytes, last_batch })
 }
 
 #[cfg(test)]

@@ -33,11 +33,19 @@ pub struct MemDiskOptions {
     pub capacity_bytes: Option<u64>,
     /// Yield to the executor once per operation, so that concurrent tasks interleave.
     pub yield_per_op: bool,
+    /// Each operation also yields a random number of extra times, up to this many, so that
+    /// concurrent operations complete in varying orders (seeded, like everything else).
+    pub jitter_yields_max: u32,
 }
 
 impl Default for MemDiskOptions {
     fn default() -> Self {
-        MemDiskOptions { alignment: 4096, capacity_bytes: None, yield_per_op: false }
+        MemDiskOptions {
+            alignment: 4096,
+            capacity_bytes: None,
+            yield_per_op: false,
+            jitter_yields_max: 0,
+        }
     }
 }
 
@@ -365,8 +373,15 @@ impl Future for YieldOnce {
 }
 
 async fn maybe_yield(disk: &Rc<RefCell<Disk>>) {
-    let yield_per_op = disk.borrow().options.yield_per_op;
-    if yield_per_op {
+    let yields = {
+        let mut disk = disk.borrow_mut();
+        let jitter = match disk.options.jitter_yields_max {
+            0 => 0,
+            max => (disk.random() % u64::from(max + 1)) as u32,
+        };
+        u32::from(disk.options.yield_per_op) + jitter
+    };
+    for _ in 0..yields {
         YieldOnce(false).await;
     }
 }

@@ -231,6 +231,8 @@ pub struct StoreStats {
     pub commit_batches: u64,
     pub commit_records: u64,
     pub compactions: u64,
+    /// Compactions that could not start or were abandoned (retried later).
+    pub compaction_failures: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -618,6 +620,41 @@ fn choose_class(len: u32, chunk_size: u32, base: Option<BlockAddr>) -> SizeClass
     }
 }
 
+/// Whether a block holds exactly the committed state `state` of `chunk`: every unit's keyed
+/// checksum and the chunk checksum verify. A block past the end of its file does not.
+async fn verify_block<F: DeviceFile>(
+    file: &F,
+    chunk: ChunkId,
+    state: &ChunkState,
+) -> std::io::Result<bool> {
+    let Some(addr) = state.block else { return Ok(state.len == 0) };
+    let units = units_for(state.len);
+    let header_bytes = addr.class.header_bytes() as usize;
+    let len = header_bytes + (units * UNIT) as usize;
+    let buf = file.read_at(addr.offset(), len).await?;
+    let Some(bytes) = buf.as_ref().get(..len) else { return Ok(false) };
+    let (header, data) = bytes.split_at(header_bytes);
+    let key = UnitKey::new(chunk, state.serial);
+    let mut fold = CrcFold::new();
+    for (i, unit) in data.chunks_exact(UNIT_BYTES).enumerate() {
+        let at = i * 4;
+        let stored =
+            u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+        let crc = crc32c::crc32c(unit);
+        if crc ^ key.for_unit(i as u32) != stored {
+            return Ok(false);
+        }
+        let start = i * UNIT_BYTES;
+        let take = (state.len as usize - start).min(UNIT_BYTES);
+        if take == UNIT_BYTES {
+            fold.push_unit(crc);
+        } else {
+            fold.push_bytes(&unit[..take]);
+        }
+    }
+    Ok(fold.crc() == state.crc)
+}
+
 impl<D: Device> ChunkStore<D> {
     /// Opens (or formats, if the directory holds no store) the store on `device`.
     pub async fn open(device: D, config: StoreConfig) -> Result<(Self, Flusher<D>), OpenError> {
@@ -660,9 +697,12 @@ impl<D: Device> ChunkStore<D> {
                 .map_err(OpenError::io("opening a block file"))?;
             let len = file.size().await.map_err(OpenError::io("sizing a block file"))?;
             any_data |= len > 0;
-            slots[class.index()] = u32::try_from(len / class.stride_bytes()).map_err(|_| {
-                OpenError::Corrupt(format!("{} is impossibly large", class.file_name()))
-            })?;
+            // A partial last slot counts: a crash may keep a block's bytes (written past the
+            // end) but lose the growth that covered the rest of its slot.
+            slots[class.index()] =
+                u32::try_from(len.div_ceil(class.stride_bytes())).map_err(|_| {
+                    OpenError::Corrupt(format!("{} is impossibly large", class.file_name()))
+                })?;
             files.push(file);
         }
 
@@ -681,6 +721,7 @@ impl<D: Device> ChunkStore<D> {
                 next_seq: 1,
                 next_serial: 1,
                 valid_bytes: 0,
+                last_batch: Vec::new(),
             },
             None => {
                 return Err(OpenError::Corrupt(format!(
@@ -689,6 +730,28 @@ impl<D: Device> ChunkStore<D> {
                 )));
             }
         };
+
+        // The last batch's records were written while its data was being synced: keep each
+        // only if its data verifies, else fall back to the chunk's state before the batch.
+        let mut replayed = replayed;
+        for put in std::mem::take(&mut replayed.last_batch) {
+            let file = &files[put.state.block.map_or(0, |b| b.class.index())];
+            let intact = verify_block(file, put.chunk, &put.state)
+                .await
+                .map_err(OpenError::io("verifying the last commit batch"))?;
+            if !intact {
+                tracing::warn!(
+                    chunk = %put.chunk,
+                    version = put.state.version.0,
+                    "the data of this chunk's last update never reached the disk: reverting to \
+                     the previous version"
+                );
+                match put.previous {
+                    Some(previous) => replayed.chunks.insert(put.chunk, previous),
+                    None => replayed.chunks.remove(&put.chunk),
+                };
+            }
+        }
 
         let used = replayed.chunks.values().filter_map(|s| s.block);
         let mut alloc = Allocator::new(config.capacity_bytes, config.grow_bytes_max, slots, used)
@@ -733,12 +796,12 @@ impl<D: Device> ChunkStore<D> {
         }
         device.sync_dir().await.map_err(OpenError::io("syncing the target directory"))?;
 
-        // Drop free slots at the end of each block file.
+        // Drop free slots at the end of each block file; complete a partial last used slot.
         for class in SizeClass::ALL {
             let keep = u64::from(alloc.trim_slots(class)) * class.stride_bytes();
             let file = &files[class.index()];
             let len = file.size().await.map_err(OpenError::io("sizing a block file"))?;
-            if len > keep {
+            if len != keep {
                 file.set_len(keep).await.map_err(OpenError::io("trimming a block file"))?;
             }
         }
@@ -1760,63 +1823,51 @@ enum Work {
 impl<D: Device> Flusher<D> {
     /// Runs until the store is closed (or fails, or its last handle is dropped).
     ///
-    /// Two batches are in flight at most: while one batch's records are written and synced,
-    /// the block files of the next one are synced, so a commit waits for about one log write
-    /// and one sync rather than three round trips.
+    /// One batch at a time: its block files are synced while its records are written and the
+    /// log is synced, so a commit waits for about one device flush, not two in a row. The
+    /// records may thus reach the disk before their data; replay verifies the data of the last
+    /// batch and reverts what did not make it (which is why only one batch is ever in flight,
+    /// and why the blocks it frees are released only after both syncs).
     pub async fn run(self) {
         let store = ChunkStore { shared: self.shared, counted: false };
-        // Formed, its data synced, its records not yet written.
-        let mut ready: Option<FormedBatch> = None;
         loop {
-            if ready.is_none() {
-                let work = poll_fn(|cx| {
-                    let mut inner = store.shared.inner();
-                    if inner.failed.is_some() {
-                        // Nothing more can be made durable: waiters see the failure.
-                        return Poll::Ready(Work::Exit);
-                    } else if !inner.queue.is_empty() {
-                        return Poll::Ready(Work::Batch);
-                    } else if inner.compaction.is_some() {
-                        return Poll::Ready(Work::Compact);
-                    } else if inner.compaction_requested {
-                        return Poll::Ready(Work::StartCompaction);
-                    } else if inner.closing {
-                        return Poll::Ready(Work::Exit);
-                    }
-                    inner.flusher_waker = Some(cx.waker().clone());
-                    Poll::Pending
-                })
-                .await;
-                match work {
-                    Work::Exit => break,
-                    Work::StartCompaction => store.maybe_start_compaction().await,
-                    Work::Compact => store.compaction_step().await,
-                    Work::Batch => {
-                        let Some(batch) = store.form_batch() else { continue };
-                        if store.sync_batch_data(&batch).await {
-                            ready = Some(batch);
-                        }
-                    }
+            let work = poll_fn(|cx| {
+                let mut inner = store.shared.inner();
+                if inner.failed.is_some() {
+                    // Nothing more can be made durable: waiters see the failure.
+                    return Poll::Ready(Work::Exit);
+                } else if !inner.queue.is_empty() {
+                    return Poll::Ready(Work::Batch);
+                } else if inner.compaction.is_some() {
+                    return Poll::Ready(Work::Compact);
+                } else if inner.compaction_requested {
+                    return Poll::Ready(Work::StartCompaction);
+                } else if inner.closing {
+                    return Poll::Ready(Work::Exit);
                 }
-                continue;
-            }
-            let Some(batch) = ready.take() else { continue };
-            let next = store.form_batch();
-            let sync_next = async {
-                match &next {
-                    Some(next) => store.sync_batch_data(next).await,
-                    None => true,
+                inner.flusher_waker = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            match work {
+                Work::Exit => break,
+                Work::StartCompaction => store.maybe_start_compaction().await,
+                Work::Compact => store.compaction_step().await,
+                Work::Batch => {
+                    let Some(batch) = store.form_batch() else { continue };
+                    let (synced, logged) =
+                        futures::join!(store.sync_batch_data(&batch), store.log_batch(&batch));
+                    if let (true, Some((records, tail))) = (synced, logged) {
+                        store.apply_batch(batch, records, tail);
+                    }
+                    store.extend_log().await;
+                    store.maybe_start_compaction().await;
+                    // One compaction step per batch: compaction progresses under load.
+                    store.compaction_step().await;
                 }
-            };
-            let (logged, next_synced) = futures::join!(store.log_batch(batch), sync_next);
-            if logged && next_synced {
-                ready = next;
             }
-            store.extend_log().await;
-            store.maybe_start_compaction().await;
-            // One compaction step per batch: compaction progresses under load.
-            store.compaction_step().await;
         }
+        store.seal().await;
         let mut inner = store.shared.inner();
         inner.flusher_done = true;
         inner.wake_waiters();
@@ -1838,7 +1889,22 @@ impl<D: Device> ChunkStore<D> {
         if inner.failed.is_some() || inner.queue.is_empty() {
             return None;
         }
-        let take = inner.queue.len().min(self.shared.config.commit_batch_records_max as usize);
+        // Bounded in records, and in chunk bytes a crash may leave for replay to verify.
+        let records_max = self.shared.config.commit_batch_records_max as usize;
+        let bytes_max = crate::config::COMMIT_BATCH_BYTES_MAX;
+        let mut take = 0;
+        let mut bytes = 0u64;
+        for item in &inner.queue {
+            let len = match item.change {
+                Change::Put(state) => u64::from(state.len),
+                Change::Delete => 0,
+            };
+            if take == records_max || (take > 0 && bytes + len > bytes_max) {
+                break;
+            }
+            take += 1;
+            bytes += len;
+        }
         let items: Vec<QueueItem> = inner.queue.drain(..take).collect();
         let sync_classes: Vec<SizeClass> =
             SizeClass::ALL.into_iter().filter(|c| inner.dirty[c.index()]).collect();
@@ -1859,21 +1925,26 @@ impl<D: Device> ChunkStore<D> {
         true
     }
 
-    /// Appends a batch's records (seqs assigned now, so a compaction started between batches
-    /// sees exactly the durable seq), syncs the log, applies, wakes the committers.
-    async fn log_batch(&self, batch: FormedBatch) -> bool {
+    /// Appends a batch's records (the first flagged as a batch start) and syncs the log.
+    /// Returns the records and the new tail; `None` (and the store failed) on error.
+    async fn log_batch(&self, batch: &FormedBatch) -> Option<(Vec<Record>, LogTail)> {
         let (records, log_file, offset, bytes, new_tail) = {
             let mut inner = self.shared.inner();
             let mut records = Vec::with_capacity(batch.items.len());
             let mut encoded = Vec::with_capacity(batch.items.len() * RECORD_BYTES);
-            for item in &batch.items {
+            for (i, item) in batch.items.iter().enumerate() {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
                 let record = match item.change {
                     Change::Put(state) => Record::Put { seq, chunk: item.chunk, state },
                     Change::Delete => Record::Delete { seq, chunk: item.chunk },
                 };
-                encoded.extend_from_slice(&format::encode(&record, inner.generation));
+                let flags = if i == 0 { format::FLAG_BATCH_START } else { 0 };
+                encoded.extend_from_slice(&format::encode_flagged(
+                    &record,
+                    inner.generation,
+                    flags,
+                ));
                 records.push(record);
             }
             let (offset, bytes, new_tail) = inner.tail.prepare(&encoded);
@@ -1881,12 +1952,44 @@ impl<D: Device> ChunkStore<D> {
         };
         if let Err(e) = journal::write_bytes(&self.shared.device, &log_file, offset, &bytes).await {
             self.shared.inner().fail(format!("writing the metadata log: {e}"));
-            return false;
+            return None;
         }
         if let Err(e) = log_file.sync_data().await {
             self.shared.inner().fail(format!("syncing the metadata log: {e}"));
-            return false;
+            return None;
         }
+        Some((records, new_tail))
+    }
+
+    /// At a clean stop: records that every batch is durable, so the next open verifies nothing.
+    async fn seal(&self) {
+        let (log_file, offset, bytes, new_tail) = {
+            let mut inner = self.shared.inner();
+            if inner.failed.is_some() {
+                return;
+            }
+            let seq = inner.next_seq;
+            inner.next_seq += 1;
+            let record = Record::Seal { seq };
+            let encoded =
+                format::encode_flagged(&record, inner.generation, format::FLAG_BATCH_START);
+            let (offset, bytes, new_tail) = inner.tail.prepare(&encoded);
+            (inner.log_file.clone(), offset, bytes, new_tail)
+        };
+        let written = journal::write_bytes(&self.shared.device, &log_file, offset, &bytes).await;
+        let synced = match written {
+            Ok(()) => log_file.sync_data().await,
+            Err(e) => Err(e),
+        };
+        let mut inner = self.shared.inner();
+        match synced {
+            Ok(()) => inner.tail = new_tail,
+            Err(e) => inner.fail(format!("sealing the metadata log: {e}")),
+        }
+    }
+
+    /// Both syncs of a batch are done: apply it, wake the committers.
+    fn apply_batch(&self, batch: FormedBatch, records: Vec<Record>, new_tail: LogTail) {
         let mut inner = self.shared.inner();
         inner.tail = new_tail;
         let aligned_end = align_up(inner.tail.pos as usize) as u64;
@@ -1901,7 +2004,6 @@ impl<D: Device> ChunkStore<D> {
             compaction.committed.extend(records);
         }
         inner.wake_waiters();
-        true
     }
 
     /// Starts a compaction when the log has grown enough (or one was requested). Runs in the
@@ -1951,6 +2053,7 @@ impl<D: Device> ChunkStore<D> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a log compaction");
+                inner.stats.compaction_failures += 1;
                 inner.compaction_retry_pos =
                     inner.tail.pos + self.shared.config.log_compaction_bytes_min;
                 inner.wake_waiters();
@@ -2047,6 +2150,7 @@ impl<D: Device> ChunkStore<D> {
         let name = {
             let mut inner = self.shared.inner();
             tracing::warn!(error = %error, "log compaction failed; will retry later");
+            inner.stats.compaction_failures += 1;
             inner.compaction_retry_pos =
                 inner.tail.pos + self.shared.config.log_compaction_bytes_min;
             inner.wake_waiters();
@@ -2060,11 +2164,11 @@ impl<D: Device> ChunkStore<D> {
 
     /// Compacts the metadata log now (tests and tools); returns when the new log is in use.
     pub async fn compact(&self) -> Result<(), StoreError> {
-        let before = {
+        let (before, failures_before) = {
             let mut inner = self.shared.inner();
             inner.compaction_requested = true;
             inner.wake_flusher();
-            inner.stats.compactions
+            (inner.stats.compactions, inner.stats.compaction_failures)
         };
         poll_fn(|cx| {
             let mut inner = self.shared.inner();
@@ -2077,10 +2181,10 @@ impl<D: Device> ChunkStore<D> {
             if inner.flusher_done {
                 return Poll::Ready(Err(StoreError::Failed("the store is closed".into())));
             }
-            if !inner.compaction_requested && inner.compaction.is_none() {
+            if inner.stats.compaction_failures > failures_before {
                 return Poll::Ready(Err(StoreError::Io {
                     op: "compacting the metadata log",
-                    source: std::io::Error::other("the compaction could not start; see the log"),
+                    source: std::io::Error::other("the compaction failed; see the log"),
                 }));
             }
             inner.waiters.push(cx.waker().clone());
