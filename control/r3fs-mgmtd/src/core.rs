@@ -237,6 +237,8 @@ impl Mgmtd {
         }
         *lock(&self.routing_cache) = None;
         self.publish_routing(version);
+        // Listed as PRIMARY_MGMTD before anyone is told this instance is primary.
+        self.sync_mgmtd_nodes(fence, view.holder.clone()).await?;
         tracing::info!(epoch = fence.epoch, node = %self.me.node_id, "became the primary mgmtd");
         self.role.send_replace(Role::Primary { fence, holder: view.holder.clone() });
         Ok(())
@@ -287,9 +289,15 @@ impl Mgmtd {
                 self.publish_routing(version);
             }
         }
+        let fence = self.fence()?;
+        self.sync_mgmtd_nodes(fence, holder).await
+    }
+
+    /// Mirrors the mgmtd instances' presence into node records under `fence`.
+    async fn sync_mgmtd_nodes(&self, fence: Fence, holder: LeaseHolder) -> Result<()> {
         let lease_timeout = self.options.lease_timeout_ms;
         let version = self
-            .write(move |txn, ctx| {
+            .write_fenced(fence, move |txn, ctx| {
                 let holder = holder.clone();
                 Box::pin(
                     async move { store::sync_mgmtd_nodes(txn, ctx, &holder, lease_timeout).await },
@@ -320,12 +328,21 @@ impl Mgmtd {
     // ---- transactions ----
 
     /// Runs a write body as the primary: fenced, retried on conflicts.
-    pub async fn write<T, F>(&self, mut body: F) -> Result<T>
+    pub async fn write<T, F>(&self, body: F) -> Result<T>
     where
         T: Send,
         F: for<'a> FnMut(&'a mut dyn Txn, WriteCtx) -> BoxFuture<'a, Result<T>> + Send,
     {
-        let ctx = WriteCtx { fence: self.fence()?, now_unix_ms: self.now_unix_ms() };
+        self.write_fenced(self.fence()?, body).await
+    }
+
+    /// [`Self::write`] under an explicit fence (taking office, before the role says primary).
+    async fn write_fenced<T, F>(&self, fence: Fence, mut body: F) -> Result<T>
+    where
+        T: Send,
+        F: for<'a> FnMut(&'a mut dyn Txn, WriteCtx) -> BoxFuture<'a, Result<T>> + Send,
+    {
+        let ctx = WriteCtx { fence, now_unix_ms: self.now_unix_ms() };
         retry::run(&*self.kv, &self.options.retry, move |txn| body(txn, ctx)).await
     }
 

@@ -150,7 +150,8 @@ async fn run_writes(
         let data = data.clone();
         tasks.push(tokio::spawn(async move {
             let mut client = DataClient::connect(address).await.expect("connect");
-            for (sequence, block) in (1u64..).zip((lane..blocks).step_by(depth)) {
+            for (done, block) in (lane..blocks).step_by(depth).enumerate() {
+                let sequence = done as u64 + 1;
                 let request = UpdateRequest {
                     kind: UpdateKind::Write,
                     chain_id: ChainId(1),
