@@ -6,7 +6,7 @@
 use crate::message::WriteOk;
 use crate::types::{ChannelKey, UpdateTag};
 use r3fs_types::ChunkId;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
@@ -36,13 +36,22 @@ pub struct DedupTable {
     entries_max: usize,
     entries: BTreeMap<ChannelKey, Entry>,
     by_stamp: BTreeMap<u64, ChannelKey>,
+    /// The channels whose last write is on each chunk, so a chunk's entries can be dropped
+    /// without a scan.
+    by_chunk: BTreeSet<(ChunkId, ChannelKey)>,
     next_stamp: u64,
 }
 
 impl DedupTable {
     pub fn new(entries_max: usize) -> Self {
         assert!(entries_max > 0, "a dedup table needs room for one entry");
-        Self { entries_max, entries: BTreeMap::new(), by_stamp: BTreeMap::new(), next_stamp: 0 }
+        Self {
+            entries_max,
+            entries: BTreeMap::new(),
+            by_stamp: BTreeMap::new(),
+            by_chunk: BTreeSet::new(),
+            next_stamp: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -71,14 +80,39 @@ impl DedupTable {
                 return;
             }
             self.by_stamp.remove(&old.stamp);
+            self.by_chunk.remove(&(old.chunk, key));
         }
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         self.entries.insert(key, Entry { seq: tag.seq, chunk, ok, stamp });
         self.by_stamp.insert(stamp, key);
+        self.by_chunk.insert((chunk, key));
         while self.entries.len() > self.entries_max {
             let Some((_, oldest)) = self.by_stamp.pop_first() else { break };
-            self.entries.remove(&oldest);
+            if let Some(entry) = self.entries.remove(&oldest) {
+                self.by_chunk.remove(&(entry.chunk, oldest));
+            }
+        }
+        debug_assert_eq!(self.entries.len(), self.by_stamp.len());
+        debug_assert_eq!(self.entries.len(), self.by_chunk.len());
+    }
+
+    /// Forgets every write recorded on `chunk`: its content was replaced wholesale (resync), so
+    /// the recorded outcomes may name versions the chunk no longer has. Retries of those writes
+    /// are then recognised only by the chunk's last tag, or applied as new.
+    pub fn forget_chunk(&mut self, chunk: ChunkId) {
+        let start = ChannelKey { client: r3fs_types::ClientId(0), channel: 0 };
+        let keys: Vec<ChannelKey> = self
+            .by_chunk
+            .range((chunk, start)..)
+            .take_while(|(c, _)| *c == chunk)
+            .map(|(_, key)| *key)
+            .collect();
+        for key in keys {
+            self.by_chunk.remove(&(chunk, key));
+            if let Some(entry) = self.entries.remove(&key) {
+                self.by_stamp.remove(&entry.stamp);
+            }
         }
         debug_assert_eq!(self.entries.len(), self.by_stamp.len());
     }
@@ -113,5 +147,28 @@ mod tests {
         table.record(&tag(3, 1), chunk, ok(4));
         assert_eq!(table.len(), 2);
         assert_eq!(table.check(&tag(1, 2)), DedupCheck::New, "the oldest entry was evicted");
+    }
+
+    #[test]
+    fn forgetting_a_chunk_drops_only_its_entries() {
+        let a = ChunkId::new(InodeId(1), 0);
+        let b = ChunkId::new(InodeId(1), 1);
+        let mut table = DedupTable::new(8);
+        table.record(&tag(1, 1), a, ok(1));
+        table.record(&tag(2, 1), b, ok(1));
+        table.record(&tag(3, 4), a, ok(2));
+        // Channel 2 moves its last write onto chunk a: only that entry is on a now.
+        table.record(&tag(2, 2), a, ok(3));
+        table.record(&tag(1, 2), b, ok(2));
+        table.forget_chunk(a);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.check(&tag(2, 2)), DedupCheck::New);
+        assert_eq!(table.check(&tag(3, 4)), DedupCheck::New);
+        assert_eq!(table.check(&tag(1, 2)), DedupCheck::Committed { chunk: b, ok: ok(2) });
+        table.forget_chunk(b);
+        assert!(table.is_empty());
+        // Still a working table after being emptied.
+        table.record(&tag(4, 1), a, ok(4));
+        assert_eq!(table.check(&tag(4, 1)), DedupCheck::Committed { chunk: a, ok: ok(4) });
     }
 }

@@ -18,7 +18,9 @@ use crate::rules::{self, ForwardDecision, HeadDecision, ReadDecision};
 use crate::storage::{OpId, PendingWrite, StorageOp, StorageResult, StoreError, Which};
 use crate::types::{ChannelKey, ChunkMeta, ChunkState, Digest, Update, UpdateTag};
 use bytes::Bytes;
-use r3fs_types::{ChainId, ChainVersion, ChunkId, ErrorCode, PublicTargetState, TargetId};
+use r3fs_types::{
+    ChainId, ChainVersion, ChunkId, ChunkVersion, ErrorCode, PublicTargetState, TargetId,
+};
 use std::collections::{BTreeMap, VecDeque};
 use tracing::{debug, error, warn};
 
@@ -467,10 +469,8 @@ impl Replica {
                 Phase::ReadForForward { which: Which::Pending },
                 StorageOp::ReadFull { chunk, which: Which::Pending },
             ),
-            WorkKind::SyncApply { sync, .. } => (
-                Phase::SyncReplace,
-                StorageOp::SyncReplace { chunk, state: sync.state, data: sync.data.clone() },
-            ),
+            // The chunk's state decides whether the transfer is stale (see `on_meta_loaded`).
+            WorkKind::SyncApply { .. } => (Phase::LoadMeta, StorageOp::GetMeta { chunk }),
             WorkKind::SyncTransfer { .. } => {
                 (Phase::ReadForSync, StorageOp::ReadFull { chunk, which: Which::Committed })
             }
@@ -567,6 +567,7 @@ impl Replica {
         }
         let view = routing.view_of(self.target);
         let was_active = self.view.is_some_and(|v| v.in_write_chain());
+        let was_serving = self.view.is_some_and(|v| v.state == Some(PublicTargetState::Serving));
         debug!(target_id = %self.target, chain_version = %view.chain_version, ?view, "routing");
         self.routing = Some(routing);
         self.view = Some(view);
@@ -574,6 +575,17 @@ impl Replica {
             // Declared dead while taking part: this replica may be cut off, so it stops for
             // good (3FS services exit here). A freshly started replica that finds itself
             // offline is simply recovering and waits for mgmtd to let it sync.
+            self.fence(FenceReason::Routing { state: view.state });
+            return;
+        }
+        if was_serving
+            && matches!(view.state, Some(PublicTargetState::Syncing | PublicTargetState::Waiting))
+        {
+            // Mgmtd never turns a serving target into a syncing or waiting one directly: it went
+            // offline first, in a chain version this replica missed (cut off from mgmtd). Writes
+            // were acknowledged without it since, so its in-flight work is stale: as a syncing
+            // tail it would commit a client write alone and acknowledge it. It stops like an
+            // offline replica; the daemon rejoins the target through resync.
             self.fence(FenceReason::Routing { state: view.state });
             return;
         }
@@ -741,6 +753,25 @@ impl Replica {
                     }
                     return self.finish(chunk);
                 }
+                // The dedup table again: while this write waited in the queue, the work ahead
+                // of it may have committed the same tag (a roll-forward of its pending version
+                // that registered the tag after this retry was admitted). The chunk's last tag
+                // alone misses it once another write committed in between.
+                match self.dedup.check(&request.tag) {
+                    DedupCheck::Committed { chunk: recorded, ok } if recorded == chunk => {
+                        self.stats.duplicate_writes_answered += 1;
+                        return self.reply_all(chunk, ok);
+                    }
+                    DedupCheck::Committed { .. } | DedupCheck::Superseded { .. } => {
+                        warn!(target_id = %self.target, tag = ?request.tag, %chunk, "queued write is a duplicate of another write");
+                        let active = self.active_mut(chunk).expect("active");
+                        for token in std::mem::take(&mut active.work.replies) {
+                            self.reply_write_refused(token, ErrorCode::InvalidArgument);
+                        }
+                        return self.finish(chunk);
+                    }
+                    DedupCheck::New => {}
+                }
                 if meta.committed.tag == Some(request.tag) {
                     // A retry of the write this chunk last committed (the dedup table forgot it,
                     // e.g. after a restart): answer from the chunk's metadata.
@@ -820,6 +851,33 @@ impl Replica {
                         self.issue_for(chunk, Phase::WritePending, request);
                     }
                 }
+            }
+            WorkKind::SyncApply { from, sync } => {
+                let (from, sync) = (*from, sync.clone());
+                if sync.chain_version != view.chain_version {
+                    // The resync it belonged to is over; the current one sends its own.
+                    return self.finish(chunk);
+                }
+                let sync_version = sync.state.map_or(ChunkVersion(0), |s| s.version);
+                if meta.committed.chain_version == view.chain_version
+                    && meta.committed.version >= sync_version
+                {
+                    // The write path already committed this version or a newer one here at the
+                    // current chain version, so the transfer (read before that write, and
+                    // overtaken by it on a reconnected link) is older than what this replica
+                    // holds: applying it would roll back an acknowledged write. Acknowledge it
+                    // without applying.
+                    debug!(target_id = %self.target, %chunk, %sync_version, committed = %meta.committed.version, "stale sync transfer ignored");
+                    let message = PeerMessage::SyncAck {
+                        chain: self.chain,
+                        chain_version: view.chain_version,
+                        chunk,
+                    };
+                    self.send(from, message);
+                    return self.finish(chunk);
+                }
+                let request = StorageOp::SyncReplace { chunk, state: sync.state, data: sync.data };
+                self.issue_for(chunk, Phase::SyncReplace, request);
             }
             kind => {
                 let detail = format!("metadata loaded for {kind:?}");
@@ -1399,6 +1457,11 @@ impl Replica {
     }
 
     fn on_sync_replaced(&mut self, chunk: ChunkId) {
+        // The chunk is now exactly the predecessor's state; what this replica recorded about
+        // earlier commits of it may describe versions the chain never kept (a tail that committed
+        // a write its head never completed). A retry of such a write must not be answered from
+        // here. The chunk's own last tag still recognises the write that made its current state.
+        self.dedup.forget_chunk(chunk);
         let chain_version = self.chain_version();
         let active = self.active_mut(chunk).expect("active");
         if let WorkKind::SyncApply { from, .. } = active.work.kind {

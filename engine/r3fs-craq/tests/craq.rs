@@ -480,3 +480,164 @@ fn chain_changes_mid_run_with_faults_converge() {
         assert_eq!(sim.writes.len(), 32);
     }
 }
+
+/// Runs every storage op `t` holds, in order, including those the completions issue.
+fn complete_all(m: &mut Manual, t: r3fs_types::TargetId) {
+    while m.complete_one(t) {}
+}
+
+/// Simulator finding 2 (`missed-offline`): a head cut off from mgmtd misses the chain version
+/// that took it out; the next one it sees makes it a syncing tail. It must not commit its
+/// in-flight client write alone and acknowledge it: the chain moved on without it.
+#[test]
+fn a_serving_replica_that_missed_its_offline_version_fences_itself() {
+    for state in [Syncing, Waiting] {
+        let mut m = Manual::new(2);
+        let (head, tail, c) = (target(1), target(2), chunk(1));
+        let t = m.write(head, 1, c, Update::Replace { data: bytes(b"stale") }, tag(1, 1));
+        // The forward never arrives (the head is cut off).
+        m.messages.clear();
+        // Chain version 2 took T1 out (offline); T1 never heard of it. Version 3 lists it back.
+        let routing = r3fs_craq::ChainRouting {
+            chain: CHAIN,
+            chain_version: ChainVersion(3),
+            targets: vec![
+                r3fs_craq::ChainTarget { target: tail, state: Serving },
+                r3fs_craq::ChainTarget { target: head, state },
+            ],
+        };
+        m.handle(head, Input::Routing(routing));
+        assert!(
+            m.replies.iter().any(|(t, o)| *t == head
+                && matches!(o, Output::Fenced { reason: r3fs_craq::FenceReason::Routing { state: Some(s) } } if *s == state)),
+            "{state:?}: the replica fences itself"
+        );
+        assert!(
+            matches!(m.take_write(t), Some(WriteOutcome::Refused(r)) if r.code == ErrorCode::TargetNotServing),
+            "{state:?}: the in-flight write is refused, never acknowledged"
+        );
+        let meta = m.nodes[&head].1.meta(c).expect("meta");
+        assert_eq!(meta.committed.version, ChunkVersion(0), "{state:?}: nothing committed alone");
+        assert!(m.messages.is_empty(), "{state:?}: nothing sent after the fence");
+    }
+}
+
+/// A restarted replica that finds itself syncing is recovering, not stale: no fence.
+#[test]
+fn a_fresh_replica_listed_syncing_is_not_fenced() {
+    let mut m = Manual::new(2);
+    m.restart(target(2));
+    m.set_chain(3, &[(1, Serving), (2, Syncing)]);
+    m.deliver_all();
+    assert!(!m.replies.iter().any(|(_, o)| matches!(o, Output::Fenced { .. })));
+    assert!(m.replies.iter().any(|(t, o)| *t == target(2) && matches!(o, Output::SyncDone { .. })));
+}
+
+/// Simulator finding 6 (`--reorder-within-links`): a resync transfer held back on its link
+/// arrives after the forwarded update that superseded it. The syncing target must keep the newer
+/// version it committed at the current chain version.
+#[test]
+fn a_sync_transfer_older_than_a_committed_update_is_ignored() {
+    let mut m = Manual::new(2);
+    let (head, syncing, c) = (target(1), target(2), chunk(1));
+    let t = m.write(head, 1, c, Update::Replace { data: bytes(b"one") }, tag(1, 1));
+    m.deliver_all();
+    committed(m.take_write(t));
+    // T2 goes offline (it fences), misses v2, restarts and syncs at chain version 3.
+    m.set_chain(2, &[(1, Serving), (2, Offline)]);
+    let t = m.write(head, 2, c, Update::Replace { data: bytes(b"two") }, tag(1, 2));
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(2));
+    m.restart(syncing);
+    m.set_chain(3, &[(1, Serving), (2, Syncing)]);
+    let mut transfer = None;
+    while let Some((from, to, message)) = m.messages.front().cloned() {
+        if let PeerMessage::SyncChunk(sync) = &message {
+            transfer = Some((from, to, sync.clone()));
+        }
+        m.deliver_one();
+    }
+    let (from, to, old) = transfer.expect("v2 was transferred");
+    assert_eq!(old.state.map(|s| s.version), Some(ChunkVersion(2)));
+    // A write at chain version 3 reaches the syncing target as a full replace and commits.
+    let t = m.write(head, 3, c, Update::Write { offset_bytes: 0, data: bytes(b"3") }, tag(1, 3));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(3));
+    // Now the held-back copy of the transfer arrives.
+    m.handle(to, Input::Peer { from, message: PeerMessage::SyncChunk(old) });
+    assert!(
+        matches!(m.messages.front(), Some((f, _, PeerMessage::SyncAck { chunk, .. })) if *f == syncing && *chunk == c),
+        "acknowledged without being applied"
+    );
+    m.deliver_all();
+    for r in [head, syncing] {
+        let meta = m.nodes[&r].1.meta(c).expect("meta");
+        assert_eq!(meta.committed.version, ChunkVersion(3), "{r} keeps the newest version");
+    }
+    let (_, data) = m.nodes[&syncing].1.read_full(c, r3fs_craq::Which::Committed).expect("read");
+    assert_eq!(&data[..], b"3wo");
+}
+
+/// Simulator finding 7 (seed 57291): a syncing tail committed a write its head never completed;
+/// a later resync from another predecessor deleted the chunk. When the former tail is head, a
+/// retry of that write must not be answered from its dedup table (the write exists nowhere).
+#[test]
+fn a_resync_replace_drops_the_dedup_entries_of_the_chunk() {
+    let mut m = Manual::new(1);
+    let (old_head, tail, new_head, c) = (target(1), target(2), target(3), chunk(1));
+    m.add_node(tail);
+    m.add_node(new_head);
+    m.set_chain(2, &[(1, Serving), (2, Syncing)]);
+    m.deliver_all(); // an empty resync
+    let update = Update::Replace { data: bytes(b"lost") };
+    let t = m.write(old_head, 2, c, update.clone(), tag(1, 1));
+    // The update reaches the tail, which commits and records the tag; the ack is lost.
+    assert!(m.deliver_one());
+    let (_, _, ack) = m.messages.pop_front().expect("the tail's ack");
+    assert!(matches!(ack, PeerMessage::Ack(_)));
+    assert_eq!(m.nodes[&tail].1.meta(c).expect("meta").committed.version, ChunkVersion(1));
+    // T1 is taken out; T3, which never saw the write, serves and resyncs T2 (deleting the chunk).
+    m.set_chain(3, &[(3, Serving), (1, Offline), (2, Syncing)]);
+    assert!(m.take_write(t).is_some_and(|o| !matches!(o, WriteOutcome::Committed(_))));
+    m.deliver_all();
+    assert!(m.nodes[&tail].1.meta(c).expect("meta").is_absent(), "the resync deleted it");
+    m.set_chain(4, &[(2, Serving), (3, Serving), (1, Offline)]);
+    m.deliver_all();
+    // The client's retry at the new head is applied, not answered from a stale table.
+    let t = m.write(tail, 4, c, update, tag(1, 1));
+    m.deliver_all();
+    let ok = committed(m.take_write(t));
+    assert_eq!(ok.version, ChunkVersion(1));
+    for r in [tail, new_head] {
+        let (meta, data) = m.nodes[&r].1.read_full(c, r3fs_craq::Which::Committed).expect("read");
+        assert_eq!((meta.committed.version, &data[..]), (ChunkVersion(1), &b"lost"[..]), "{r}");
+    }
+}
+
+/// Simulator finding 8 (seed 31578): a retry queued behind a roll-forward of its own pending
+/// version and another client's write must be answered from the dedup table when its turn comes,
+/// not applied a second time.
+#[test]
+fn a_queued_retry_rechecks_the_dedup_table_when_it_starts() {
+    let mut m = Manual::new(1);
+    let (head, c) = (target(1), chunk(1));
+    m.hold_storage.insert(head);
+    let w = Update::Replace { data: bytes(b"once") };
+    m.write(head, 1, c, w.clone(), tag(1, 1));
+    assert!(m.complete_one(head), "get meta");
+    assert!(m.complete_one(head), "write pending");
+    // The head restarts with the pending version in its store.
+    m.restart(head);
+    m.set_chain(2, &[(1, Serving)]);
+    // Another client's write is admitted first, then the retry of the pending write: both wait
+    // (the scan and the first metadata load are held).
+    let other =
+        m.write(head, 2, c, Update::Write { offset_bytes: 0, data: bytes(b"O") }, tag(2, 1));
+    let retry = m.write(head, 2, c, w, tag(1, 1));
+    complete_all(&mut m, head);
+    // The other write found the pending version, rolled it forward (committing tag (1, 1) as v1)
+    // and then committed as v2.
+    assert_eq!(committed(m.take_write(other)).version, ChunkVersion(2));
+    assert_eq!(committed(m.take_write(retry)).version, ChunkVersion(1), "answered, not re-applied");
+    let (meta, data) = m.nodes[&head].1.read_full(c, r3fs_craq::Which::Committed).expect("read");
+    assert_eq!((meta.committed.version, &data[..]), (ChunkVersion(2), &b"Once"[..]));
+}
