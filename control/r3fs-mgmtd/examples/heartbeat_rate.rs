@@ -80,6 +80,7 @@ async fn measure(name: &str, kv: Arc<dyn Kv>) -> anyhow::Result<()> {
                                 target_id: TargetId(u64::from(n) * 1_000 + t + 1),
                                 local_state: LocalTargetState::UpToDate,
                                 used_bytes: 1 << 30,
+                                total_bytes: 4 << 30,
                                 chain_version: 0,
                             })
                             .collect(),

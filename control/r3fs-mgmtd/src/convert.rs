@@ -139,6 +139,7 @@ pub fn target_to_pb(target: &TargetRecord, public: Option<PublicTargetState>) ->
         public_state: public.map_or(pb::PublicTargetState::Unspecified, public_state_to_pb).into(),
         local_state: local_state_to_pb(target.local_state).into(),
         used_bytes: target.used_bytes,
+        total_bytes: target.total_bytes,
     }
 }
 

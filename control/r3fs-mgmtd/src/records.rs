@@ -45,6 +45,9 @@ pub struct TargetRecord {
     /// Last local state reported by its daemon (or set by mgmtd on failure / offline-target).
     pub local_state: LocalTargetState,
     pub used_bytes: u64,
+    /// Capacity as last reported (0 = unknown; records written before the field read as 0).
+    #[serde(default)]
+    pub total_bytes: u64,
 }
 
 /// One immutable chain table version.
@@ -177,9 +180,17 @@ mod tests {
             chain_id: ChainId(9),
             local_state: LocalTargetState::UpToDate,
             used_bytes: 42,
+            total_bytes: 1 << 30,
         };
         let bytes = encode(&record).expect("encode");
         assert_eq!(decode::<TargetRecord>(b"k", &bytes).expect("decode"), record);
+        // A record written before total_bytes existed reads as capacity unknown.
+        let mut old = serde_json::to_value(&record).expect("to a JSON value");
+        old.as_object_mut().expect("an object").remove("total_bytes").expect("the field");
+        let old = serde_json::to_vec(&old).expect("encode the old form");
+        let decoded =
+            decode::<TargetRecord>(b"k", &old).expect("decode a record without total_bytes");
+        assert_eq!(decoded, TargetRecord { total_bytes: 0, ..record });
         let error = decode::<TargetRecord>(b"mgmtd/target/x", b"{not json").expect_err("garbage");
         assert!(matches!(error, MgmtdError::Corrupt { ref key, .. } if key == "mgmtd/target/x"));
     }

@@ -340,6 +340,8 @@ pub struct TargetReport {
     pub target_id: TargetId,
     pub local_state: LocalTargetState,
     pub used_bytes: u64,
+    /// The target's capacity (0 = unknown).
+    pub total_bytes: u64,
     /// Chain version the daemon's claim was made at; 0 = unversioned.
     pub chain_version: u32,
 }
@@ -399,7 +401,8 @@ pub async fn heartbeat(
     let mut ignored = Vec::new();
     let mut dirty_chains = BTreeSet::new();
     for report in &spec.targets {
-        let TargetReport { target_id, mut local_state, used_bytes, chain_version } = *report;
+        let TargetReport { target_id, mut local_state, used_bytes, total_bytes, chain_version } =
+            *report;
         let key = keys::target(target_id);
         let Some(mut target) = records::get::<TargetRecord>(txn, &key, Serializable).await? else {
             ignored.push(target_id);
@@ -432,8 +435,9 @@ pub async fn heartbeat(
             dirty_chains.insert(target.chain_id);
             routing_changed = true;
         }
-        if state_changed || target.used_bytes != used_bytes {
+        if state_changed || target.used_bytes != used_bytes || target.total_bytes != total_bytes {
             target.used_bytes = used_bytes;
+            target.total_bytes = total_bytes;
             records::put(txn, &key, &target)?;
         }
     }
@@ -670,6 +674,7 @@ pub async fn create_targets(
             chain_id: spec.chain_id,
             local_state: LocalTargetState::Offline,
             used_bytes: 0,
+            total_bytes: 0,
         };
         records::put(txn, &key, &target)?;
         created += 1;

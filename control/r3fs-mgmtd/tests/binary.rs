@@ -296,6 +296,7 @@ fn spawn_heartbeats(
                             target_id,
                             local_state,
                             used_bytes: 4096,
+                            ..Default::default()
                         })
                         .collect(),
                 };

@@ -229,6 +229,7 @@ fn report(target: u64, local_state: LocalTargetState, chain_version: u32) -> Tar
         target_id: TargetId(target),
         local_state,
         used_bytes: target * 100,
+        total_bytes: target * 1000,
         chain_version,
     }
 }

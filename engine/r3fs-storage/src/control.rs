@@ -152,6 +152,7 @@ pub async fn run(setup: ControlSetup) {
                     target_id: r.target.0,
                     local_state: local_state_to_pb(r.local_state) as i32,
                     used_bytes: r.used_bytes,
+                    total_bytes: r.total_bytes,
                 })
                 .collect(),
         };

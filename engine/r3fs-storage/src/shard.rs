@@ -67,6 +67,8 @@ pub struct TargetReport {
     pub target: TargetId,
     pub local_state: LocalTargetState,
     pub used_bytes: u64,
+    /// The store's configured capacity.
+    pub total_bytes: u64,
 }
 
 /// What a shard tells the control thread.
@@ -655,10 +657,14 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
             let reports = s
                 .targets
                 .iter()
-                .map(|(target, slot)| TargetReport {
-                    target: *target,
-                    local_state: slot.local_state,
-                    used_bytes: slot.store.store().space().used_bytes,
+                .map(|(target, slot)| {
+                    let space = slot.store.store().space();
+                    TargetReport {
+                        target: *target,
+                        local_state: slot.local_state,
+                        used_bytes: space.used_bytes,
+                        total_bytes: space.capacity_bytes,
+                    }
                 })
                 .collect();
             (s.index, reports)

@@ -174,6 +174,7 @@ impl FakeStorage {
                             target_id,
                             local_state: pb::LocalTargetState::UpToDate as i32,
                             used_bytes: 4096,
+                            ..Default::default()
                         })
                         .collect(),
                 };
