@@ -257,6 +257,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct File {
     shared: Arc<Shared>,
+    /// The inode record meta returned when this file was opened.
+    opened: pb::Inode,
     storage: StorageClient,
     map: FileMap,
     writable: bool,
@@ -284,6 +286,7 @@ impl File {
         })?;
         let layout = layout_from_pb(layout)?;
         let id = InodeId(inode.id);
+        let opened = inode.clone();
         let map = client.storage.file_map(id, &layout).await?;
         let shared = Arc::new(Shared {
             meta: client.meta.clone(),
@@ -302,6 +305,7 @@ impl File {
             .then(|| tokio::spawn(renew(Arc::downgrade(&shared), report_interval)).abort_handle());
         Ok(File {
             shared,
+            opened,
             storage: client.storage.clone(),
             map,
             writable,
@@ -312,6 +316,12 @@ impl File {
 
     pub fn inode(&self) -> InodeId {
         self.shared.inode
+    }
+
+    /// The inode record (attributes) meta returned when this file was opened or created: what a
+    /// FUSE daemon answers a create with, without asking meta again.
+    pub fn opened(&self) -> &pb::Inode {
+        &self.opened
     }
 
     /// The file's layout resolved against the routing.
