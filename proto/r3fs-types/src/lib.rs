@@ -6,6 +6,7 @@
 //!   chunk index to a position in a chain table.
 //! - [`state`]: target public/local states and node kinds/statuses.
 //! - [`error`]: stable [`ErrorCode`]s with their POSIX errno.
+//! - [`data_plane`]: the `data/<shard>` address rule (which published address serves a target).
 //!
 //! Invariants: this crate does no IO and depends on nothing else in the workspace. Every encoding
 //! defined here (ChunkId bytes, chain selection) is part of the on-disk / on-wire format: changing
@@ -13,6 +14,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))] // a failed unwrap is a failed test
 
+pub mod data_plane;
 pub mod error;
 pub mod ids;
 pub mod layout;
