@@ -37,6 +37,8 @@ pub struct MgmtdConfig {
     pub kv: KvConfig,
     /// Serve gRPC over TLS when present.
     pub tls: Option<TlsConfig>,
+    /// Metrics endpoint and push target (`[metrics]`, see r3fs_metrics::MetricsConfig).
+    pub metrics: r3fs_metrics::MetricsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -64,6 +66,7 @@ impl Default for MgmtdConfig {
             shutdown_grace_ms: 5_000,
             kv: KvConfig::default(),
             tls: None,
+            metrics: r3fs_metrics::MetricsConfig::default(),
         }
     }
 }
@@ -123,6 +126,7 @@ impl MgmtdConfig {
         if let Err(kv_errors) = self.kv.validate() {
             errors.extend(kv_errors.into_iter().map(|e| format!("kv.{e}")));
         }
+        errors.extend(self.metrics.validate());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }

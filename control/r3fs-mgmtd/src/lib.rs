@@ -28,6 +28,7 @@ pub mod core;
 pub mod error;
 pub mod keys;
 pub mod lease;
+pub mod metrics;
 pub mod records;
 pub mod server;
 pub mod service;

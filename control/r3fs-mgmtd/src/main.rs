@@ -113,6 +113,14 @@ fn run(config: MgmtdConfig) -> anyhow::Result<()> {
         let server =
             Server::start(&config, kv, Arc::new(SystemClock)).await.context("start mgmtd")?;
         println!("r3fs-mgmtd listening on {}", server.local_addr());
+        let _metrics = r3fs_metrics::Exporter::start(
+            &config.metrics,
+            r3fs_metrics::global(),
+            "mgmtd",
+            &format!("mgmtd-{}", config.node_id),
+        )
+        .context("start the metrics exporter")?;
+        let metrics_watch = tokio::spawn(r3fs_mgmtd::metrics::watch(server.mgmtd().clone()));
         let mut role = server.mgmtd().subscribe_role();
         let announcer = tokio::spawn(async move {
             let mut was_primary = false;
@@ -140,6 +148,7 @@ fn run(config: MgmtdConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         }
         announcer.abort();
+        metrics_watch.abort();
         server.shutdown().await.context("shut down")?;
         tracing::info!("stopped");
         Ok(())
