@@ -150,10 +150,7 @@ impl MgmtdRpc for MgmtdService {
                 local_state: state,
                 used_bytes: report.used_bytes,
                 total_bytes: report.total_bytes,
-                // The wire field for the claim's chain version (TargetReport.chain_version) is not
-                // added yet: adding a proto field breaks the struct literals of crates that build
-                // TargetReport, so it lands together with them. Until then claims are unversioned.
-                chain_version: 0,
+                chain_version: report.chain_version,
             });
         }
         let spec = store::HeartbeatSpec {

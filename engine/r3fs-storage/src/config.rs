@@ -59,6 +59,10 @@ pub struct StorageConfig {
     pub shutdown_drain_ms: u64,
     /// How long a connect to mgmtd or a peer may take.
     pub connect_timeout_ms: u64,
+    /// Resync bandwidth per shard: full-chunk transfers to a syncing successor are paced to this
+    /// many payload bytes per second (0 = unlimited). Frames behind a paced transfer on the same
+    /// link wait with it, so the link stays in order.
+    pub resync_bytes_per_sec: u64,
     /// Chunk store knobs of every target (`[store]`, see r3fs_chunk::StoreConfig).
     pub store: StoreConfig,
     /// CRAQ replica bounds of every target (`[replica]`, see r3fs_craq::ReplicaConfig).
@@ -86,6 +90,7 @@ impl Default for StorageConfig {
             tick_interval_ms: 20,
             shutdown_drain_ms: 10_000,
             connect_timeout_ms: 2_000,
+            resync_bytes_per_sec: 0,
             store: StoreConfig::default(),
             replica: ReplicaConfig::default(),
         }

@@ -23,6 +23,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// How long a shard may take to open its existing targets.
@@ -169,6 +171,8 @@ impl Daemon {
         let mut shards = Vec::with_capacity(cores);
         let mut commands = Vec::with_capacity(cores);
         let mut readies = Vec::with_capacity(cores);
+        let applied_routing: Vec<Arc<AtomicU64>> =
+            (0..cores).map(|_| Arc::new(AtomicU64::new(0))).collect();
         for index in 0..cores {
             let (command_tx, command_rx) = mpsc::channel(SHARD_COMMANDS_MAX);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -189,6 +193,7 @@ impl Daemon {
                 listen: SocketAddr::new(host, port),
                 commands: command_rx,
                 events: events_tx.clone(),
+                applied_routing: applied_routing[index].clone(),
                 ready: ready_tx,
             };
             let placement =
@@ -230,6 +235,7 @@ impl Daemon {
             shard_addresses: daemon.addresses.clone(),
             commands: daemon.commands.clone(),
             events: events_rx,
+            applied_routing,
             registered: registered_tx,
             stop: stop_rx,
         };

@@ -39,6 +39,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -56,8 +57,10 @@ const HEAD_READ_BYTES: usize = 4096;
 #[derive(Debug)]
 pub enum ShardCommand {
     Routing(Arc<RoutingSnapshot>),
-    /// False after too long without a successful heartbeat: refuse client writes (`Fenced`).
-    Writable(bool),
+    /// True after too long without a successful heartbeat, false again once a heartbeat succeeded
+    /// and the routing version its reply named is applied: while fenced, refuse client reads and
+    /// writes (`Fenced`), since mgmtd may have reorganized the chains without this node.
+    Fence(bool),
     Shutdown,
 }
 
@@ -67,6 +70,8 @@ pub struct TargetReport {
     pub target: TargetId,
     pub local_state: LocalTargetState,
     pub used_bytes: u64,
+    /// The chain version at which `local_state` was decided (the claim's version, 0 = none).
+    pub chain_version: u32,
     /// The store's configured capacity.
     pub total_bytes: u64,
 }
@@ -88,6 +93,8 @@ pub struct ShardSetup {
     pub listen: SocketAddr,
     pub commands: mpsc::Receiver<ShardCommand>,
     pub events: mpsc::Sender<ShardEvent>,
+    /// The routing version this shard has applied, for the control thread's unfencing rule.
+    pub applied_routing: Arc<AtomicU64>,
     /// Receives the bound address once every existing target is open, or why start-up failed.
     pub ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
 }
@@ -100,6 +107,15 @@ struct TargetSlot {
     /// Bumped whenever the replica is replaced: completions of the old one are dropped.
     generation: u64,
     local_state: LocalTargetState,
+    /// Chain version at which `local_state` was decided (reported with it; 0 = none).
+    claim_chain_version: u32,
+    /// Opened at start-up from disk: the target may have missed writes while the daemon was down,
+    /// and mgmtd may still list it as serving (a restart faster than the heartbeat timeout). It
+    /// reports offline and gets no replica until mgmtd's routing has taken it out of the serving
+    /// set (offline, waiting or last-serving) or it belongs to no chain; then it rejoins through
+    /// the normal path (online -> waiting -> syncing -> resync -> up to date). Finding 5 of
+    /// docs/design/simulation.md.
+    rejoining: bool,
     /// The store failed: the target is offline until the daemon restarts.
     failed: bool,
 }
@@ -186,9 +202,13 @@ struct Shard {
     sinks: HashMap<ReplyToken, (TargetId, Sink)>,
     next_token: u64,
     next_internal_seq: u64,
-    peers: HashMap<SocketAddr, mpsc::Sender<(Vec<u8>, Bytes)>>,
+    peers: HashMap<SocketAddr, mpsc::Sender<PeerFrame>>,
     chunk_sizes: BTreeMap<ChunkId, u32>,
-    writable: bool,
+    /// No recent mgmtd contact: client reads and writes are refused (see [`ShardCommand::Fence`]).
+    fenced: bool,
+    applied_routing: Arc<AtomicU64>,
+    /// Resync bandwidth limit: when the shard's next full-chunk transfer may start.
+    sync_next_free: Rc<Cell<Instant>>,
     connections: u32,
     closing: bool,
 }
@@ -214,7 +234,17 @@ fn now_ms(shard: &Shard) -> u64 {
 
 /// Runs a shard until shutdown. Call inside its glommio executor.
 pub async fn run(setup: ShardSetup) {
-    let ShardSetup { index, config, node, existing, listen, mut commands, events, ready } = setup;
+    let ShardSetup {
+        index,
+        config,
+        node,
+        existing,
+        listen,
+        mut commands,
+        events,
+        applied_routing,
+        ready,
+    } = setup;
     let listener = match TcpListener::bind(listen) {
         Ok(listener) => listener,
         Err(error) => {
@@ -243,7 +273,9 @@ pub async fn run(setup: ShardSetup) {
         next_internal_seq: 1,
         peers: HashMap::new(),
         chunk_sizes: BTreeMap::new(),
-        writable: true,
+        fenced: false,
+        applied_routing,
+        sync_next_free: Rc::new(Cell::new(Instant::now())),
         connections: 0,
         closing: false,
     }));
@@ -251,7 +283,7 @@ pub async fn run(setup: ShardSetup) {
         match open_store(&dir, &config).await {
             Ok(store) => {
                 info!(shard = index, %target, dir = %dir.display(), "target opened");
-                insert_target(&shard, target, store, LocalTargetState::Online);
+                insert_target(&shard, target, store, LocalTargetState::Offline, true);
             }
             Err(message) => {
                 let _ = ready.send(Err(format!("target {target} in {}: {message}", dir.display())));
@@ -268,17 +300,17 @@ pub async fn run(setup: ShardSetup) {
     while let Some(command) = commands.next().await {
         match command {
             ShardCommand::Routing(snapshot) => on_routing(&shard, snapshot),
-            ShardCommand::Writable(writable) => {
+            ShardCommand::Fence(fenced) => {
                 let mut s = shard.borrow_mut();
-                if s.writable != writable {
+                if s.fenced != fenced {
                     warn!(
                         shard = index,
-                        writable,
-                        "client writes {}",
-                        if writable { "resume" } else { "refused (no mgmtd contact)" }
+                        fenced,
+                        "client reads and writes {}",
+                        if fenced { "refused (no mgmtd contact)" } else { "resume" }
                     );
                 }
-                s.writable = writable;
+                s.fenced = fenced;
             }
             ShardCommand::Shutdown => break,
         }
@@ -298,7 +330,13 @@ async fn open_store(dir: &std::path::Path, config: &StorageConfig) -> Result<Sto
     Ok(TargetStore::new(store, config.replica.chunk_size_bytes_max))
 }
 
-fn insert_target(shard: &ShardRc, target: TargetId, store: Store, local_state: LocalTargetState) {
+fn insert_target(
+    shard: &ShardRc,
+    target: TargetId,
+    store: Store,
+    local_state: LocalTargetState,
+    rejoining: bool,
+) {
     let mut s = shard.borrow_mut();
     s.targets.insert(
         target,
@@ -307,6 +345,8 @@ fn insert_target(shard: &ShardRc, target: TargetId, store: Store, local_state: L
             replica: None,
             generation: 0,
             local_state,
+            claim_chain_version: 0,
+            rejoining,
             failed: false,
         },
     );
@@ -371,6 +411,8 @@ fn on_routing(shard: &ShardRc, snapshot: Arc<RoutingSnapshot>) {
             spawn(create_target(shard.clone(), target, placement));
         }
     }
+    // Every replica of this shard has been handed its chain of this version.
+    s.applied_routing.store(snapshot.version, Ordering::SeqCst);
 }
 
 /// Brings one open target in line with a routing snapshot: creates its replica once its chain
@@ -383,6 +425,22 @@ fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, tar
     let Some(slot) = s.targets.get_mut(&target) else { return };
     if slot.failed {
         return;
+    }
+    if slot.rejoining {
+        let chain_version = snapshot.chains.get(&placement.chain).map(|c| c.chain_version);
+        match placement.public_state {
+            Some(PublicTargetState::Serving | PublicTargetState::Syncing) => {
+                debug!(shard = index, %target, "restarted target still listed as serving or syncing; reporting offline");
+                slot.local_state = LocalTargetState::Offline;
+                slot.claim_chain_version = chain_version.map_or(0, |v| v.0);
+                return;
+            }
+            _ => {
+                info!(shard = index, %target, state = ?placement.public_state, "restarted target taken out by mgmtd; rejoining through resync");
+                slot.rejoining = false;
+                slot.local_state = LocalTargetState::Online;
+            }
+        }
     }
     let stale_chain = slot.replica.as_ref().is_some_and(|r| r.chain() != placement.chain);
     let fenced = slot.replica.as_ref().is_some_and(|r| r.fenced().is_some());
@@ -407,13 +465,20 @@ fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, tar
     // date while serving; online while waiting, offline or last-serving, so it can be picked to
     // sync (an up-to-date report would park a waiting target); while syncing, online until the
     // replica reports the resync done.
+    let chain_version = snapshot.chains.get(&placement.chain).map_or(0, |c| c.chain_version.0);
     match placement.public_state {
-        Some(PublicTargetState::Serving) => slot.local_state = LocalTargetState::UpToDate,
+        Some(PublicTargetState::Serving) => {
+            slot.local_state = LocalTargetState::UpToDate;
+            slot.claim_chain_version = chain_version;
+        }
         Some(
             PublicTargetState::Waiting
             | PublicTargetState::Offline
             | PublicTargetState::LastServing,
-        ) => slot.local_state = LocalTargetState::Online,
+        ) => {
+            slot.local_state = LocalTargetState::Online;
+            slot.claim_chain_version = chain_version;
+        }
         Some(PublicTargetState::Syncing) | None => {}
     }
     if replaced {
@@ -460,7 +525,7 @@ async fn create_target(shard: ShardRc, target: TargetId, placement: TargetPlacem
             } else {
                 LocalTargetState::Online
             };
-            insert_target(&shard, target, store, state);
+            insert_target(&shard, target, store, state, false);
         }
         Err(message) => error!(shard = index, %target, %message, "cannot create target"),
     }
@@ -519,6 +584,7 @@ fn drive(shard: &ShardRc, s: &mut Shard, target: TargetId, input: Input) {
                 info!(shard = s.index, %target, %chain_version, "resync into this target done");
                 if let Some(slot) = s.targets.get_mut(&target) {
                     slot.local_state = LocalTargetState::UpToDate;
+                    slot.claim_chain_version = chain_version.0;
                 }
             }
             Output::ChunkCorrupt { chunk } => {
@@ -591,6 +657,11 @@ fn send_peer(s: &mut Shard, from: TargetId, to: TargetId, message: PeerMessage) 
     };
     let queue_len = s.config.peer_queue_len_max as usize;
     let connect_timeout = Duration::from_millis(s.config.connect_timeout_ms);
+    let not_before = match &message {
+        PeerMessage::SyncChunk(_) => pace_resync(s, frame.1.len() as u64),
+        _ => None,
+    };
+    let frame = PeerFrame { head: frame.0, payload: frame.1, not_before };
     let sender = s.peers.entry(address).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(queue_len);
         spawn(peer_writer(address, rx, connect_timeout));
@@ -604,15 +675,44 @@ fn send_peer(s: &mut Shard, from: TargetId, to: TargetId, message: PeerMessage) 
     }
 }
 
+/// One chain-protocol frame queued to a peer: head, payload, and (for a paced resync transfer)
+/// the instant before which it must not be written.
+struct PeerFrame {
+    head: Vec<u8>,
+    payload: Bytes,
+    not_before: Option<Instant>,
+}
+
+/// Paces a resync transfer of `bytes` against the shard's `resync_bytes_per_sec` budget: returns
+/// when it may be written, and books its share of the budget.
+fn pace_resync(s: &Shard, bytes: u64) -> Option<Instant> {
+    let rate = s.config.resync_bytes_per_sec;
+    if rate == 0 {
+        return None;
+    }
+    let now = Instant::now();
+    let start = s.sync_next_free.get().max(now);
+    let cost = Duration::from_nanos(bytes.saturating_mul(1_000_000_000) / rate);
+    s.sync_next_free.set(start + cost);
+    (start > now).then_some(start)
+}
+
 /// Writes frames to one peer address, reconnecting as needed. Frames that cannot be sent are
-/// dropped: every chain message is resent by its replica until acknowledged.
+/// dropped: every chain message is resent by its replica until acknowledged. A paced frame
+/// holds back the frames queued behind it, so the link stays in order.
 async fn peer_writer(
     address: SocketAddr,
-    mut rx: mpsc::Receiver<(Vec<u8>, Bytes)>,
+    mut rx: mpsc::Receiver<PeerFrame>,
     connect_timeout: Duration,
 ) {
     let mut stream: Option<TcpStream> = None;
-    while let Some((head, payload)) = rx.next().await {
+    while let Some(PeerFrame { head, payload, not_before }) = rx.next().await {
+        if let Some(at) = not_before {
+            let now = Instant::now();
+            if at > now {
+                glommio::timer::sleep(at - now).await;
+            }
+        }
         if stream.is_none() {
             match TcpStream::connect_timeout(address, connect_timeout).await {
                 Ok(s) => {
@@ -662,6 +762,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
                     TargetReport {
                         target: *target,
                         local_state: slot.local_state,
+                        chain_version: slot.claim_chain_version,
                         used_bytes: space.used_bytes,
                         total_bytes: space.capacity_bytes,
                     }
@@ -1083,7 +1184,7 @@ fn handle_request(
             };
             let chunk_size_max = s.config.replica.chunk_size_bytes_max;
             let end = u64::from(request.offset) + u64::from(request.length);
-            let code = if !s.writable {
+            let code = if s.fenced {
                 Some(ErrorCode::Fenced)
             } else if request.sending_target_id.is_some() {
                 // Replicas speak the chain protocol, not client updates.
@@ -1143,11 +1244,15 @@ fn handle_request(
                 remaining: request.items.len(),
             }));
             for (index, item) in request.items.iter().enumerate() {
-                let target = target_for_chain(&s, item.chain_id);
+                // Fenced: mgmtd may already route this chain elsewhere, and a write acknowledged
+                // there would be missing here (finding 3 of docs/design/simulation.md).
+                let target = target_for_chain(&s, item.chain_id).filter(|_| !s.fenced);
                 let Some(target) = target else {
+                    let code =
+                        if s.fenced { ErrorCode::Fenced } else { ErrorCode::TargetNotFound };
                     let mut state = batch.borrow_mut();
                     state.items[index].0 = BatchReadReplyItem {
-                        outcome: Outcome::Failed(ErrorCode::TargetNotFound),
+                        outcome: Outcome::Failed(code),
                         length: 0,
                         crc32c: 0,
                     };
@@ -1177,12 +1282,14 @@ fn handle_request(
             }
         }
         Message::QueryLastChunkRequest(request) => {
-            let Some(target) = target_for_chain(&s, request.chain_id) else {
+            let target = target_for_chain(&s, request.chain_id);
+            let Some(target) = target.filter(|_| !s.fenced) else {
+                let code = if s.fenced { ErrorCode::Fenced } else { ErrorCode::TargetNotFound };
                 return refuse(
                     conn,
                     &Message::QueryLastChunkRequest(request),
                     request_id,
-                    ErrorCode::TargetNotFound,
+                    code,
                     held,
                 );
             };
@@ -1206,7 +1313,7 @@ fn handle_request(
                     held,
                 );
             };
-            if !s.writable {
+            if s.fenced {
                 return refuse(
                     conn,
                     &Message::RemoveChunksRequest(request),

@@ -1,0 +1,267 @@
+//! Fault tests with real processes on loopback: one mgmtd and three storage daemons holding one
+//! replication-3 chain, under a steady stream of client writes.
+//!
+//! - `sigkill_middle_replica_and_resync`: kill -9 a middle replica while writes flow; mgmtd takes
+//!   it out of the chain after the heartbeat timeout; the daemon comes back, its target resyncs
+//!   from its predecessor while writes keep flowing, and serves again.
+//! - `sigkill_head_mid_write_and_resync`: kill -9 the chain head; the client follows the routing
+//!   to the new head and retries the write in flight (same client id and sequence); the old head
+//!   comes back through resync.
+//!
+//! Each test then verifies every acknowledged write on every replica (the writer retries a write
+//! until it is acknowledged, so the model is the acknowledged writes applied in order) and prints
+//! how many acknowledged writes were verified and the longest gap between two acknowledgements
+//! (the unavailability a client saw). Timings are printed, never asserted.
+
+mod common;
+
+use common::*;
+use r3fs_rpc::mgmtd_client::MgmtdClient;
+use r3fs_storage::client::DataClient;
+use r3fs_storage::routing::RoutingSnapshot;
+use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
+use r3fs_wire::Outcome;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CHAIN: u32 = 1;
+const CHUNKS: u64 = 8;
+const WRITE_BYTES: usize = 32 << 10;
+const OFFSETS: u64 = 16;
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A write that is refused for this long fails the test (the cluster never recovered).
+const WRITE_GIVE_UP: Duration = Duration::from_secs(90);
+
+/// The acknowledged content of every chunk, and what the client observed.
+#[derive(Default)]
+struct Model {
+    acked: BTreeMap<ChunkId, Vec<u8>>,
+    acks: u64,
+    /// Longest time between two acknowledgements.
+    gap_max: Duration,
+    /// Attempts refused or failed, by reason.
+    refusals: BTreeMap<String, u64>,
+}
+
+fn apply(content: &mut Vec<u8>, offset: usize, data: &[u8]) {
+    if content.len() < offset + data.len() {
+        content.resize(offset + data.len(), 0);
+    }
+    content[offset..offset + data.len()].copy_from_slice(data);
+}
+
+async fn routing(admin: &MgmtdClient) -> Option<RoutingSnapshot> {
+    let info = admin.get_routing_info(0, Duration::ZERO).await.ok()??;
+    Some(RoutingSnapshot::from_pb(&info).0)
+}
+
+/// Writes until `stop`, each write retried (same client id and sequence) until acknowledged,
+/// following the routing to whichever target heads the chain.
+async fn writer(admin: MgmtdClient, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Model {
+    let mut model = Model::default();
+    let mut client: Option<(std::net::SocketAddr, DataClient)> = None;
+    let mut last_ack = Instant::now();
+    let mut cached: Option<RoutingSnapshot> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let chunk = ChunkId::new(InodeId(9), i % CHUNKS);
+        let offset = ((i / CHUNKS) % OFFSETS) as usize * WRITE_BYTES;
+        let data = pattern(1000 + i, WRITE_BYTES);
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < WRITE_GIVE_UP, "write {i} not acknowledged in time");
+            // The routing is fetched again only after a failure, as a client does.
+            if cached.is_none() {
+                cached = routing(&admin).await;
+            }
+            let Some(snapshot) = cached.clone() else {
+                *model.refusals.entry("mgmtd unreachable".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let chain = &snapshot.chains[&ChainId(CHAIN)];
+            let head = chain
+                .head()
+                .filter(|h| chain.state_of(*h) == Some(PublicTargetState::Serving))
+                .and_then(|h| snapshot.address_of(h));
+            let Some(address) = head else {
+                *model.refusals.entry("no serving head".into()).or_default() += 1;
+                cached = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if client.as_ref().is_none_or(|(a, _)| *a != address) {
+                match tokio::time::timeout(CALL_TIMEOUT, DataClient::connect(address)).await {
+                    Ok(Ok(c)) => client = Some((address, c)),
+                    _ => {
+                        *model.refusals.entry("connect failed".into()).or_default() += 1;
+                        client = None;
+                        cached = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((_, c)) = client.as_mut() else { continue };
+            let request = write_request(
+                CHAIN,
+                chain.chain_version,
+                chunk,
+                offset as u32,
+                &data,
+                7,
+                i + 1,
+            );
+            match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
+                Ok(Ok(reply)) if reply.outcome == Outcome::Ok => break,
+                Ok(Ok(reply)) => {
+                    let Outcome::Failed(code) = reply.outcome else { unreachable!() };
+                    let expected = code.is_retryable()
+                        || matches!(
+                            code,
+                            ErrorCode::Fenced
+                                | ErrorCode::StaleChainVersion
+                                | ErrorCode::TargetNotFound
+                                | ErrorCode::TargetNotServing
+                        );
+                    assert!(expected, "write {i} refused for good: {reply:?}");
+                    *model.refusals.entry(format!("{code:?}")).or_default() += 1;
+                    cached = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    *model.refusals.entry("connection lost or timed out".into()).or_default() += 1;
+                    client = None;
+                    cached = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        apply(model.acked.entry(chunk).or_default(), offset, &data);
+        model.acks += 1;
+        model.gap_max = model.gap_max.max(last_ack.elapsed());
+        last_ack = Instant::now();
+        acks.store(model.acks, Ordering::SeqCst);
+        i += 1;
+    }
+    model
+}
+
+struct Cluster {
+    mgmtd: Mgmtd,
+    admin: MgmtdClient,
+    daemons: BTreeMap<u32, Storage>,
+    _root: tempfile::TempDir,
+}
+
+const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
+
+async fn start_cluster() -> Cluster {
+    let mgmtd = start_mgmtd();
+    let (admin, token) = init_cluster(&mgmtd.address).await;
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
+    let daemons = MEMBERS
+        .iter()
+        .map(|&(_, node)| (node, start_storage(node, root.path(), &mgmtd.address, &token)))
+        .collect();
+    create_chain(&admin, CHAIN, &MEMBERS).await;
+    Cluster { mgmtd, admin, daemons, _root: root }
+}
+
+fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
+    let reached = r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
+        acks.load(Ordering::SeqCst) >= at_least
+    });
+    assert!(reached, "writes did not reach {at_least} acknowledgements ({what})");
+}
+
+/// Reads every chunk of the model from every replica of the chain and compares.
+async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
+    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
+    let snapshot = wait_serving(admin, CHAIN, all.clone()).await;
+    let mut replicas = 0;
+    for target in all {
+        let address = snapshot.address_of(target).expect("replica address");
+        let mut client = DataClient::connect(address).await.expect("connect to a replica");
+        for (chunk, expected) in &model.acked {
+            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
+            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
+            assert!(
+                bytes == *expected,
+                "target {target} chunk {chunk}: {} bytes differ from the {} acknowledged",
+                bytes.len(),
+                expected.len()
+            );
+        }
+        replicas += 1;
+    }
+    replicas
+}
+
+/// Kills `victim` after some acknowledged writes, lets the chain run without it, brings it back,
+/// waits for it to serve again while writes continue, then verifies everything.
+async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
+    let mut cluster = start_cluster().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(writer(cluster.admin.clone(), stop.clone(), acks.clone()));
+
+    wait_acks(&acks, 60, "before the kill");
+    let before_kill = acks.load(Ordering::SeqCst);
+    let killed_at = Instant::now();
+    cluster.daemons.get_mut(&victim_node).expect("victim").proc.kill9();
+    // The chain continues without the victim.
+    wait_acks(&acks, before_kill + 60, "without the victim");
+    let degraded_after = killed_at.elapsed();
+    let snapshot = routing(&cluster.admin).await.expect("routing");
+    let chain = &snapshot.chains[&ChainId(CHAIN)];
+    assert_eq!(
+        chain.state_of(TargetId(victim_target)),
+        Some(PublicTargetState::Offline),
+        "mgmtd took the killed target out: {chain:?}"
+    );
+
+    // Bring it back while writes flow: it resyncs and serves again.
+    let restarted_at = Instant::now();
+    cluster.daemons.get_mut(&victim_node).expect("victim").restart();
+    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
+    wait_serving(&cluster.admin, CHAIN, all).await;
+    let rejoined_after = restarted_at.elapsed();
+    let at_rejoin = acks.load(Ordering::SeqCst);
+    wait_acks(&acks, at_rejoin + 30, "after the rejoin");
+    stop.store(true, Ordering::SeqCst);
+    let model = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("writer stops")
+        .expect("writer task");
+    let replicas = verify_all_replicas(&cluster.admin, &model).await;
+    println!(
+        "{name}: {} acknowledged writes ({} during the outage and resync) verified on {replicas} \
+         replicas over {} chunks; longest gap between acknowledgements {:?}; 60 writes after the \
+         kill acknowledged {:?} after it; target {victim_target} serving again {:?} after its \
+         restart; refusals seen by the client: {:?}",
+        model.acks,
+        at_rejoin - before_kill,
+        model.acked.len(),
+        model.gap_max,
+        degraded_after,
+        rejoined_after,
+        model.refusals,
+    );
+    for (_, daemon) in cluster.daemons.iter_mut() {
+        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
+    }
+    drop(cluster.mgmtd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_middle_replica_and_resync() {
+    kill_and_rejoin("kill -9 middle replica", 3, 102).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_head_mid_write_and_resync() {
+    kill_and_rejoin("kill -9 chain head", 2, 101).await;
+}
