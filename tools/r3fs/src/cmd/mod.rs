@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctx;
 pub mod nodes;
 pub mod placement;
+pub mod stats;
 pub mod targets;
 pub mod users;
 pub mod view;
@@ -70,6 +71,10 @@ pub enum Command {
     /// Print a node type's config (the latest, or one version), or list its versions.
     GetConfig(config::GetConfigArgs),
 
+    // ---- monitoring ----
+    /// Print recent metric figures from the ClickHouse that r3fs-monitor fills.
+    Stats(stats::StatsArgs),
+
     // ---- shell ----
     /// Print a shell completion script.
     Completions(completions::CompletionsArgs),
@@ -96,6 +101,7 @@ impl Command {
             Command::UserRemove(args) => users::user_remove(ctx, args).await,
             Command::SetConfig(args) => config::set_config(ctx, args).await,
             Command::GetConfig(args) => config::get_config(ctx, args).await,
+            Command::Stats(args) => stats::stats(ctx, args).await,
             Command::Completions(args) => completions::print(args),
         }
     }
