@@ -3,6 +3,8 @@
 //! crate's manifest documents every key and is parsed by a test.
 
 use crate::store::MetaOptions;
+use r3fs_client::ClientConfig;
+use r3fs_client::config::{RetryConfig, RoutingConfig, RpcConfig, StorageConfig};
 use r3fs_kv::KvConfig;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -21,6 +23,9 @@ pub struct Config {
     /// mgmtd: resolves tokens and provides routing info. Without it, tokens come from
     /// `auth.static_users` and statfs reports unknown capacity.
     pub mgmtd: Option<MgmtdConfig>,
+    /// The storage edge (last chunks, truncation, chunk removal). Needs `[mgmtd]`: routing and
+    /// the token come from there.
+    pub storage: StorageAccessConfig,
     /// Run the background collector (deleted files, detached trees, expired sessions).
     pub collector_enabled: bool,
 }
@@ -74,6 +79,55 @@ fn default_routing_refresh_ms() -> u64 {
     5_000
 }
 
+/// How meta reaches storage: the client library's data plane with this service's own token and
+/// mgmtd's routing. Each sub-table is the client library's section of the same name
+/// (docs/design/client.md documents every key).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageAccessConfig {
+    /// Talk to storage. Without it (or without `[mgmtd]`) shrinking truncates of non-empty files
+    /// are refused, fsync/close keep the writers' reported lengths, and deleted files wait in
+    /// the collection queue.
+    pub enabled: bool,
+    /// Bounds of every storage operation's retries (attempts, backoff, elapsed time).
+    pub retry: RetryConfig,
+    /// Connections, timeouts and in-flight bounds of the data plane.
+    pub data_plane: StorageConfig,
+    /// How the routing cache follows mgmtd.
+    pub routing: RoutingConfig,
+    /// Timeouts of the routing fetches from mgmtd.
+    pub rpc: RpcConfig,
+}
+
+impl Default for StorageAccessConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retry: RetryConfig::default(),
+            data_plane: StorageConfig::default(),
+            routing: RoutingConfig::default(),
+            rpc: RpcConfig::default(),
+        }
+    }
+}
+
+impl StorageAccessConfig {
+    /// The client library's config for this service: `[mgmtd]`'s addresses and `token`.
+    pub fn client_config(&self, mgmtd: &MgmtdConfig, token: &str) -> ClientConfig {
+        ClientConfig {
+            mgmtd_addresses: mgmtd.addresses.clone(),
+            meta_addresses: Vec::new(),
+            token: token.to_string(),
+            client_id: 0,
+            retry: self.retry.clone(),
+            storage: self.data_plane.clone(),
+            routing: self.routing.clone(),
+            rpc: self.rpc.clone(),
+            ..ClientConfig::default()
+        }
+    }
+}
+
 impl Config {
     pub fn new_default() -> Self {
         Self { listen: "127.0.0.1:8100".into(), collector_enabled: true, ..Default::default() }
@@ -92,6 +146,8 @@ impl Config {
             #[serde(default)]
             auth: AuthConfig,
             mgmtd: Option<MgmtdConfig>,
+            #[serde(default)]
+            storage: StorageAccessConfig,
             collector_enabled: Option<bool>,
         }
         let partial: Partial = toml::from_str(text)?;
@@ -102,6 +158,7 @@ impl Config {
             meta: partial.meta,
             auth: partial.auth,
             mgmtd: partial.mgmtd,
+            storage: partial.storage,
             collector_enabled: partial.collector_enabled.unwrap_or(defaults.collector_enabled),
         })
     }
@@ -160,6 +217,20 @@ impl Config {
             }
             None => {}
         }
+        if let Some(mgmtd) = &self.mgmtd
+            && self.storage.enabled
+        {
+            // The token is read at start; a placeholder stands in for it here.
+            let client = self.storage.client_config(mgmtd, "token");
+            errors.extend(
+                client
+                    .validate()
+                    .err()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| format!("storage: {e}")),
+            );
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }
@@ -177,6 +248,29 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8100");
         assert_eq!(config.auth.static_users.len(), 2);
         assert!(config.collector_enabled);
+        // The example spells out the storage defaults.
+        assert_eq!(config.storage, StorageAccessConfig::default());
+    }
+
+    #[test]
+    fn storage_access_uses_the_mgmtd_section() {
+        let text = "[kv]\nbackend = \"memory\"\n[mgmtd]\naddresses = [\"127.0.0.1:9000\"]\ntoken_file = \"/t\"\n\
+                    [storage.retry]\nattempts_max = 3\n[storage.data_plane]\nremove_chunks_limit = 7\n";
+        let config = Config::parse(text).expect("parses");
+        assert_eq!(config.validate(), Ok(()));
+        let mgmtd = config.mgmtd.as_ref().expect("mgmtd");
+        let client = config.storage.client_config(mgmtd, "secret");
+        assert_eq!(client.mgmtd_addresses, vec!["127.0.0.1:9000".to_string()]);
+        assert_eq!(client.token, "secret");
+        assert_eq!(client.retry.attempts_max, 3);
+        assert_eq!(client.storage.remove_chunks_limit, 7);
+        assert!(Config::parse("[storage]\nenable = true").is_err(), "unknown keys are refused");
+        // The client library's own checks apply, prefixed with the section.
+        let bad = format!("{text}[storage.routing]\nwatch_wait_ms = 0\n");
+        let bad = bad.replace("attempts_max = 3", "attempts_max = 0");
+        let errors = Config::parse(&bad).expect("parses").validate().expect_err("invalid");
+        assert!(errors.iter().all(|e| e.starts_with("storage: ")), "{errors:#?}");
+        assert!(!errors.is_empty());
     }
 
     #[test]

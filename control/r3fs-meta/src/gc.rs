@@ -60,17 +60,25 @@ impl MetaStore {
         let page = self.scan(start, end, limit).await?;
         let next = if page.len() == limit { page.last().map(|(key, _)| after(key)) } else { None };
         GcCursors::put(&self.gc_cursors.queue, next);
+        // Set when storage looks unreachable: each further file would wait out the client's whole
+        // retry bound too, so the rest of this pass leaves files for the next one.
+        let mut storage_down = false;
         for (key, value) in page {
             report.queue_entries_seen += 1;
             let inode = keys::decode_gc_key(&key)?;
             let entry = schema::decode_gc(inode, &value)?;
             let result = match entry.kind {
+                GcKind::File if storage_down => {
+                    report.files_waiting_for_storage += 1;
+                    continue;
+                }
                 GcKind::File => self.collect_file(inode, &mut report).await,
                 GcKind::Tree => self.collect_tree(inode, &mut report).await,
             };
             if let Err(error) = result {
                 // One bad entry must not stop the others; the next pass retries it.
                 tracing::warn!(inode = %inode, %error, "garbage collection step failed");
+                storage_down |= entry.kind == GcKind::File && storage_unreachable(error.code);
             }
         }
         self.expire_sessions(&mut report).await?;
@@ -264,6 +272,17 @@ impl MetaStore {
             }
         }
     }
+}
+
+/// Failure codes that say storage as a whole (not this file) could not be reached in time.
+fn storage_unreachable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::RetriesExhausted
+            | ErrorCode::Timeout
+            | ErrorCode::Unavailable
+            | ErrorCode::ConnectionLost
+    )
 }
 
 /// The first key after `key`.

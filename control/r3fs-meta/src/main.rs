@@ -8,6 +8,7 @@ use r3fs_meta::config::Config;
 use r3fs_meta::mgmtd::{MgmtdClusterInfo, MgmtdUserResolver};
 use r3fs_meta::perm::User;
 use r3fs_meta::service::MetaService;
+use r3fs_meta::storage::{ChunkStorage, ClientChunkStorage};
 use r3fs_meta::store::{Deps, MetaStore};
 use r3fs_meta::user::{CachedUserResolver, StaticUserResolver, UserResolver};
 use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
@@ -82,7 +83,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let ttl = Duration::from_millis(config.auth.user_cache_ttl_ms);
     let entries_max = config.auth.user_cache_entries_max;
-    let (users, cluster): (Arc<dyn UserResolver>, _) = match &config.mgmtd {
+    let (users, cluster, storage): (Arc<dyn UserResolver>, _, _) = match &config.mgmtd {
         Some(mgmtd) => {
             let token = std::fs::read_to_string(&mgmtd.token_file)
                 .with_context(|| {
@@ -90,6 +91,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 })?
                 .trim()
                 .to_string();
+            let storage = if config.storage.enabled {
+                let client_config = config.storage.client_config(mgmtd, &token);
+                let storage = ClientChunkStorage::new(client_config)
+                    .context("configure the storage client")?;
+                Some(Arc::new(storage) as Arc<dyn ChunkStorage>)
+            } else {
+                tracing::warn!(
+                    "storage.enabled = false: shrinking truncates of non-empty files are refused \
+                     and deleted files wait in the collection queue"
+                );
+                None
+            };
             let client =
                 MgmtdClient::new(MgmtdClientConfig::new(mgmtd.addresses.clone(), Some(token)))
                     .map_err(|e| anyhow::anyhow!("configure the mgmtd client: {e}"))?;
@@ -98,7 +111,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 Duration::from_millis(mgmtd.routing_refresh_ms),
             );
             let users = CachedUserResolver::new(MgmtdUserResolver::new(client), ttl, entries_max);
-            (Arc::new(users) as Arc<dyn UserResolver>, Some(Arc::new(cluster) as _))
+            (Arc::new(users) as Arc<dyn UserResolver>, Some(Arc::new(cluster) as _), storage)
         }
         None => {
             tracing::warn!(
@@ -110,15 +123,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     User { uid: u.uid, gid: u.gid, groups: u.groups.clone(), admin: u.admin },
                 )
             });
-            (Arc::new(StaticUserResolver::new(table)) as Arc<dyn UserResolver>, None)
+            tracing::warn!(
+                "no [mgmtd]: no storage access (shrinking truncates of non-empty files are \
+                 refused, deleted files wait in the collection queue)"
+            );
+            (Arc::new(StaticUserResolver::new(table)) as Arc<dyn UserResolver>, None, None)
         }
     };
-    // The storage client (chunk queries, truncation, removal) comes with the client library.
-    tracing::warn!(
-        "no storage client yet: shrinking truncates of non-empty files are refused and deleted \
-         files wait in the collection queue"
-    );
-    let deps = Deps { storage: None, cluster, ..Deps::default() };
+    let deps = Deps { storage, cluster, ..Deps::default() };
     let store = Arc::new(
         MetaStore::new(kv, config.meta.clone(), config.kv.retry, deps)
             .await

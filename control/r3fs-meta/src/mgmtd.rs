@@ -7,10 +7,12 @@ use crate::error::{MetaError, MetaResult};
 use crate::perm::User;
 use crate::user::UserResolver;
 use async_trait::async_trait;
+use r3fs_rpc::admin::ListTargetsRequest;
 use r3fs_rpc::error_from_status;
-use r3fs_rpc::mgmtd::{ResolveTokenRequest, RoutingInfo};
+use r3fs_rpc::mgmtd::{PublicTargetState, ResolveTokenRequest, RoutingInfo, TargetInfo};
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_types::{ChainTableId, ChainTableVersion};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,18 +47,19 @@ impl UserResolver for MgmtdUserResolver {
     }
 }
 
-/// Routing info from mgmtd, fetched at most every `refresh` (statfs and set-layout are rare;
-/// a slightly old usage figure is fine).
+/// Routing info and target usage from mgmtd, each fetched at most every `refresh` (statfs and
+/// set-layout are rare; a slightly old usage figure is fine).
 #[derive(Debug)]
 pub struct MgmtdClusterInfo {
     client: MgmtdClient,
     refresh: Duration,
     cached: Mutex<Option<(Instant, Arc<RoutingInfo>)>>,
+    capacity: Mutex<Option<(Instant, Capacity)>>,
 }
 
 impl MgmtdClusterInfo {
     pub fn new(client: MgmtdClient, refresh: Duration) -> Self {
-        Self { client, refresh, cached: Mutex::new(None) }
+        Self { client, refresh, cached: Mutex::new(None), capacity: Mutex::new(None) }
     }
 
     async fn routing(&self) -> MetaResult<Arc<RoutingInfo>> {
@@ -83,13 +86,28 @@ impl MgmtdClusterInfo {
 
 #[async_trait]
 impl ClusterInfo for MgmtdClusterInfo {
-    /// Used bytes summed over targets. Routing info carries no target disk sizes yet, so
-    /// `total_bytes` is 0 (unknown).
+    /// What files can use, from the capacity and usage the storage daemons report in their
+    /// heartbeats (see [`capacity_of`]). Asked with ListTargets, which reads the current figures:
+    /// mgmtd serves routing info from a cache per routing version, and usage changes do not bump
+    /// the version.
     async fn capacity(&self) -> MetaResult<Capacity> {
-        let routing = self.routing().await?;
-        let used_bytes =
-            routing.targets.iter().map(|t| t.used_bytes).fold(0u64, u64::saturating_add);
-        Ok(Capacity { total_bytes: 0, used_bytes })
+        {
+            let cached = self.capacity.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, capacity)) = cached.as_ref()
+                && at.elapsed() < self.refresh
+            {
+                return Ok(*capacity);
+            }
+        }
+        let targets = self
+            .client
+            .list_targets(ListTargetsRequest {})
+            .await
+            .map_err(|s| from_status(&s))?
+            .targets;
+        let capacity = capacity_of(&targets);
+        *self.capacity.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), capacity));
+        Ok(capacity)
     }
 
     async fn chain_table_len(
@@ -104,6 +122,35 @@ impl ClusterInfo for MgmtdClusterInfo {
             .find(|t| t.table_id == table.0 && t.version == version.0)
             .map(|t| t.chain_ids.len() as u32))
     }
+}
+
+/// Every chain holds a full copy of its chunks on each of its targets, so a chain can store as
+/// much as its smallest target and has used as much as its fullest one; the file system is the
+/// sum of its chains. Targets of chains not uploaded yet (public state unspecified) hold no file
+/// data and are left out; a target whose capacity is not reported yet (0) does not count towards
+/// its chain's minimum.
+pub fn capacity_of(targets: &[TargetInfo]) -> Capacity {
+    let mut chains: BTreeMap<u32, Capacity> = BTreeMap::new();
+    for target in targets {
+        if target.public_state == PublicTargetState::Unspecified as i32 {
+            continue;
+        }
+        let chain = chains
+            .entry(target.chain_id)
+            .or_insert(Capacity { total_bytes: u64::MAX, used_bytes: 0 });
+        if target.total_bytes > 0 {
+            chain.total_bytes = chain.total_bytes.min(target.total_bytes);
+        }
+        chain.used_bytes = chain.used_bytes.max(target.used_bytes);
+    }
+    chains.values().fold(Capacity::default(), |sum, chain| Capacity {
+        // u64::MAX: no target of the chain reported its capacity yet.
+        total_bytes: sum.total_bytes.saturating_add(match chain.total_bytes {
+            u64::MAX => 0,
+            bytes => bytes,
+        }),
+        used_bytes: sum.used_bytes.saturating_add(chain.used_bytes),
+    })
 }
 
 #[cfg(test)]
@@ -161,8 +208,13 @@ mod tests {
             request: Request<pb::GetRoutingInfoRequest>,
         ) -> Result<Response<pb::GetRoutingInfoResponse>, Status> {
             check_caller(&request)?;
-            let target =
-                |id, used_bytes| pb::TargetInfo { target_id: id, used_bytes, ..Default::default() };
+            let target = |id, used_bytes, total_bytes| pb::TargetInfo {
+                target_id: id,
+                used_bytes,
+                total_bytes,
+                ..Default::default()
+            };
+
             let routing = pb::RoutingInfo {
                 routing_version: 7,
                 chain_tables: vec![pb::ChainTable {
@@ -171,7 +223,7 @@ mod tests {
                     chain_ids: vec![1, 2, 3],
                     description: String::new(),
                 }],
-                targets: vec![target(1, 100), target(2, 250)],
+                targets: vec![target(1, 100, 1000), target(2, 250, 2000)],
                 ..Default::default()
             };
             Ok(Response::new(pb::GetRoutingInfoResponse { changed: true, routing: Some(routing) }))
@@ -245,11 +297,41 @@ mod tests {
         assert_eq!(impostor.resolve("alice").await.unwrap_err().code, ErrorCode::Unauthenticated);
     }
 
+    #[test]
+    fn capacity_counts_each_chain_once() {
+        let target = |target_id, chain_id, public_state: pb::PublicTargetState, used, total| {
+            pb::TargetInfo {
+                target_id,
+                chain_id,
+                public_state: public_state as i32,
+                used_bytes: used,
+                total_bytes: total,
+                ..Default::default()
+            }
+        };
+        use pb::PublicTargetState::{Offline, Serving, Syncing, Unspecified};
+        let targets = [
+            // Chain 1: smallest target 1000, fullest 250 (an offline member still counts: it
+            // comes back with its data).
+            target(11, 1, Serving, 100, 1000),
+            target(12, 1, Syncing, 250, 2000),
+            target(13, 1, Offline, 200, 1500),
+            // Chain 2: target 21 has not reported its capacity yet.
+            target(21, 2, Serving, 0, 0),
+            target(22, 2, Serving, 40, 500),
+            // Chain 3: nothing reported yet.
+            target(31, 3, Serving, 0, 0),
+            // Created, but its chain is not uploaded: no file data.
+            target(41, 4, Unspecified, 7, 1 << 40),
+        ];
+        assert_eq!(capacity_of(&targets), Capacity { total_bytes: 1500, used_bytes: 290 });
+        assert_eq!(capacity_of(&[]), Capacity::default());
+    }
+
     #[tokio::test]
-    async fn capacity_and_chain_tables_come_from_routing_info() {
+    async fn chain_tables_come_from_routing_info() {
         let address = fake_mgmtd().await;
         let cluster = MgmtdClusterInfo::new(client(&address, META_TOKEN), Duration::from_secs(60));
-        assert_eq!(cluster.capacity().await.unwrap(), Capacity { total_bytes: 0, used_bytes: 350 });
         let len = cluster.chain_table_len(ChainTableId(1), ChainTableVersion(2)).await.unwrap();
         assert_eq!(len, Some(3));
         let missing = cluster.chain_table_len(ChainTableId(1), ChainTableVersion(3)).await.unwrap();

@@ -18,6 +18,7 @@ on_both_backends!(
     collection_waits_for_write_sessions,
     expired_sessions_are_ended_and_settled,
     without_storage_files_wait_in_the_queue,
+    failed_chunk_removal_stays_queued_and_is_retried,
 );
 
 fn write_flags() -> OpenFlags {
@@ -280,5 +281,39 @@ async fn without_storage_files_wait_in_the_queue(backend: Backend) {
     let pass = ok(env.store.gc_pass().await);
     assert_eq!((pass.files_waiting_for_storage, pass.files_removed), (1, 0));
     assert!(ok(env.store.batch_stat(&[file.id]).await)[0].is_some(), "kept until chunks can go");
+    env.assert_consistent().await;
+}
+
+async fn failed_chunk_removal_stays_queued_and_is_retried(backend: Backend) {
+    let env = Env::new(backend).await;
+    let user = root();
+    let mut files = Vec::new();
+    for name in ["f", "g"] {
+        let file = ok(touch(&env, &user, name).await).inode;
+        let crate::schema::InodeData::File { layout, .. } = &file.data else { panic!("a file") };
+        env.storage.write(file.id, layout, 0, 3 * u64::from(layout.chunk_size));
+        ok(env.store.unlink(&user, R, name).await);
+        files.push(file.id);
+    }
+    // The first removal fails as unreachable storage does: that file stays queued, and the
+    // other is left for the next pass rather than waiting out the same failure.
+    env.storage.removals_to_fail.store(1, std::sync::atomic::Ordering::Relaxed);
+    let pass = ok(env.store.gc_pass().await);
+    assert_eq!(
+        (pass.queue_entries_seen, pass.files_removed, pass.files_waiting_for_storage),
+        (2, 0, 1),
+        "{pass:?}"
+    );
+    for &id in &files {
+        assert!(ok(env.store.batch_stat(&[id]).await)[0].is_some(), "kept while chunks stay");
+        assert_eq!(env.storage.chunk_count(id), 3);
+    }
+    env.assert_consistent().await;
+    let pass = ok(env.store.gc_pass().await);
+    assert_eq!((pass.files_removed, pass.chunks_removed), (2, 6), "{pass:?}");
+    for &id in &files {
+        assert_eq!(env.storage.chunk_count(id), 0);
+        assert!(ok(env.store.batch_stat(&[id]).await)[0].is_none());
+    }
     env.assert_consistent().await;
 }

@@ -56,6 +56,8 @@ pub(crate) use on_both_backends;
 #[derive(Debug, Default)]
 pub(crate) struct InMemoryChunkStorageForTests {
     chunks: Mutex<BTreeMap<(InodeId, u64), u32>>,
+    /// The next this many `remove_chunks` calls fail as an unreachable storage would.
+    pub removals_to_fail: std::sync::atomic::AtomicU32,
 }
 
 impl InMemoryChunkStorageForTests {
@@ -116,6 +118,14 @@ impl ChunkStorage for InMemoryChunkStorageForTests {
         _layout: &Layout,
         indexes: Range<u64>,
     ) -> MetaResult<u64> {
+        use std::sync::atomic::Ordering;
+        let fail = self
+            .removals_to_fail
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(MetaError::new(ErrorCode::RetriesExhausted, "storage unreachable (test)"));
+        }
         let mut chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
         let doomed: Vec<_> = chunks
             .range((inode, indexes.start)..=(inode, u64::MAX))
