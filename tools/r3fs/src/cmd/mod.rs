@@ -12,6 +12,7 @@ pub mod nodes;
 pub mod placement;
 pub mod stats;
 pub mod targets;
+pub mod up;
 pub mod users;
 pub mod view;
 
@@ -71,6 +72,11 @@ pub enum Command {
     /// Print a node type's config (the latest, or one version), or list its versions.
     GetConfig(config::GetConfigArgs),
 
+    // ---- local cluster ----
+    /// Run a whole cluster on this machine (mgmtd, meta, storage daemons, optional FUSE mount)
+    /// with all state under one directory; Ctrl-C stops it, running it again reuses the data.
+    Up(up::UpArgs),
+
     // ---- monitoring ----
     /// Print recent metric figures from the ClickHouse that r3fs-monitor fills.
     Stats(stats::StatsArgs),
@@ -101,6 +107,7 @@ impl Command {
             Command::UserRemove(args) => users::user_remove(ctx, args).await,
             Command::SetConfig(args) => config::set_config(ctx, args).await,
             Command::GetConfig(args) => config::get_config(ctx, args).await,
+            Command::Up(args) => up::up(ctx, args).await,
             Command::Stats(args) => stats::stats(ctx, args).await,
             Command::Completions(args) => completions::print(args),
         }
