@@ -145,7 +145,8 @@ impl MetaOptions {
 #[derive(Clone, Debug)]
 pub struct Deps {
     pub clock: Arc<dyn Clock>,
-    /// `None` until the storage client exists: see [`crate::storage`].
+    /// `None` without storage access (no `[mgmtd]`, or `storage.enabled = false`): shrinking
+    /// truncates are refused, lengths come from reports only, deleted files wait in the queue.
     pub storage: Option<Arc<dyn ChunkStorage>>,
     /// `None` without mgmtd: statfs reports unknown capacity, layouts are checked without the
     /// chain table's length.
