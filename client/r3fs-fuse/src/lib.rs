@@ -110,6 +110,7 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
         .block_on(files.meta().stat_fs(r3fs_rpc::meta::StatFsRequest {}))
         .context("reach the meta service")?;
 
+    let ring_files = files.clone();
     let filesystem = fs::R3fs::new(
         files,
         fs::FsOptions {
@@ -141,6 +142,7 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let rings = start_rings(&runtime, ring_files, &mountpoint);
     println!("{READY_PREFIX} {}", mountpoint.display());
     let _ = std::io::stdout().flush();
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -161,6 +163,9 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
             }
         }
     })?;
+    if let Some(rings) = rings {
+        runtime.block_on(rings.shutdown());
+    }
     match signal {
         Some(signal) => {
             tracing::info!("{signal}: unmounting {}", mountpoint.display());
@@ -174,6 +179,36 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     eprintln!("r3fs-fuse unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Starts the USRBIO ring server of this mount (docs/usrbio.md): applications find it from the
+/// mount's device number and name files by fds opened here (FUSE inode numbers are r3fs inode
+/// ids). Failing to start it only disables ring I/O.
+fn start_rings(
+    runtime: &tokio::runtime::Runtime,
+    files: FileClient,
+    mountpoint: &Path,
+) -> Option<r3fs_usrbio::RingServer> {
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(metadata) => metadata.dev(),
+        Err(error) => {
+            tracing::warn!(
+                "usrbio ring server not started: stat {}: {error}",
+                mountpoint.display()
+            );
+            return None;
+        }
+    };
+    let _entered = runtime.enter();
+    let resolver = r3fs_usrbio::MountResolver::new(dev, |ino| Some(r3fs_types::InodeId(ino)));
+    let config = r3fs_usrbio::RingServerConfig::for_mount_dev(dev);
+    match r3fs_usrbio::RingServer::start(config, files, std::sync::Arc::new(resolver)) {
+        Ok(server) => Some(server),
+        Err(error) => {
+            tracing::warn!("usrbio ring server not started: {error}");
+            None
+        }
+    }
 }
 
 /// Unmounts; if the mount is busy (files open), detaches it lazily and waits a little for the
