@@ -67,6 +67,8 @@ pub struct StorageConfig {
     pub store: StoreConfig,
     /// CRAQ replica bounds of every target (`[replica]`, see r3fs_craq::ReplicaConfig).
     pub replica: ReplicaConfig,
+    /// Metrics endpoint and push target (`[metrics]`, see r3fs_metrics::MetricsConfig).
+    pub metrics: r3fs_metrics::MetricsConfig,
 }
 
 impl Default for StorageConfig {
@@ -93,6 +95,7 @@ impl Default for StorageConfig {
             resync_bytes_per_sec: 0,
             store: StoreConfig::default(),
             replica: ReplicaConfig::default(),
+            metrics: r3fs_metrics::MetricsConfig::default(),
         }
     }
 }
@@ -200,6 +203,7 @@ impl StorageConfig {
         if let Err(replica) = self.replica.validate() {
             errors.extend(replica.violations.into_iter().map(|e| format!("replica.{e}")));
         }
+        errors.extend(self.metrics.validate());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 

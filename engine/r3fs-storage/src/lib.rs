@@ -31,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod metrics;
 pub mod peer;
 pub mod routing;
 pub mod shard;

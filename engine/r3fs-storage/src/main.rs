@@ -77,6 +77,18 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let node = config.node_id;
+    let _metrics = match r3fs_metrics::Exporter::start(
+        &config.metrics,
+        r3fs_metrics::global(),
+        "storage",
+        &format!("node-{node}"),
+    ) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("r3fs-storage: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut daemon = match Daemon::start(config) {
         Ok(daemon) => daemon,
         Err(error) => {

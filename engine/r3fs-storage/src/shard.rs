@@ -122,13 +122,14 @@ struct TargetSlot {
 
 /// Where a replica's answer goes.
 enum Sink {
-    Update { conn: Rc<Conn>, request_id: RequestId, held_bytes: u64 },
+    Update { conn: Rc<Conn>, request_id: RequestId, held_bytes: u64, started: Instant, bytes: u64 },
     BatchItem { batch: Rc<RefCell<BatchState>>, index: usize },
     Remove { agg: Rc<RefCell<RemoveState>> },
 }
 
 struct BatchState {
     conn: Rc<Conn>,
+    started: Instant,
     request_id: RequestId,
     items: Vec<(BatchReadReplyItem, Bytes)>,
     remaining: usize,
@@ -419,6 +420,7 @@ fn on_routing(shard: &ShardRc, snapshot: Arc<RoutingSnapshot>) {
 /// is known, replaces a fenced replica, and hands the chain to the replica.
 fn apply_routing(shard: &ShardRc, s: &mut Shard, snapshot: &RoutingSnapshot, target: TargetId) {
     let Some(placement) = snapshot.targets.get(&target).copied() else { return };
+    crate::metrics::public_state(target, placement.public_state);
     let replica_config = s.config.replica.clone();
     let index = s.index;
     let now = now_ms(s);
@@ -661,7 +663,7 @@ fn send_peer(s: &mut Shard, from: TargetId, to: TargetId, message: PeerMessage) 
         PeerMessage::SyncChunk(_) => pace_resync(s, frame.1.len() as u64),
         _ => None,
     };
-    let frame = PeerFrame { head: frame.0, payload: frame.1, not_before };
+    let frame = PeerFrame { head: frame.0, payload: frame.1, not_before, queued: Instant::now() };
     let sender = s.peers.entry(address).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(queue_len);
         spawn(peer_writer(address, rx, connect_timeout));
@@ -671,6 +673,7 @@ fn send_peer(s: &mut Shard, from: TargetId, to: TargetId, message: PeerMessage) 
         if error.is_disconnected() {
             s.peers.remove(&address);
         }
+        crate::metrics::forward_dropped(address);
         debug!(%to, %address, "peer queue full or closed; dropped a message (the replica resends)");
     }
 }
@@ -681,6 +684,8 @@ struct PeerFrame {
     head: Vec<u8>,
     payload: Bytes,
     not_before: Option<Instant>,
+    /// When the frame was queued (forwarding latency).
+    queued: Instant,
 }
 
 /// Paces a resync transfer of `bytes` against the shard's `resync_bytes_per_sec` budget: returns
@@ -706,7 +711,7 @@ async fn peer_writer(
     connect_timeout: Duration,
 ) {
     let mut stream: Option<TcpStream> = None;
-    while let Some(PeerFrame { head, payload, not_before }) = rx.next().await {
+    while let Some(PeerFrame { head, payload, not_before, queued }) = rx.next().await {
         if let Some(at) = not_before {
             let now = Instant::now();
             if at > now {
@@ -720,6 +725,7 @@ async fn peer_writer(
                     stream = Some(s);
                 }
                 Err(error) => {
+                    crate::metrics::forward_dropped(address);
                     debug!(%address, %error, "peer connect failed; dropping a message");
                     continue;
                 }
@@ -731,8 +737,11 @@ async fn peer_writer(
             result = s.write_all(&payload).await;
         }
         if let Err(error) = result {
+            crate::metrics::forward_dropped(address);
             debug!(%address, %error, "peer write failed; reconnecting on the next message");
             stream = None;
+        } else {
+            crate::metrics::forwarded(address, queued);
         }
     }
 }
@@ -759,6 +768,12 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
                 .iter()
                 .map(|(target, slot)| {
                     let space = slot.store.store().space();
+                    crate::metrics::report(
+                        *target,
+                        slot.local_state,
+                        space.used_bytes,
+                        space.capacity_bytes,
+                    );
                     TargetReport {
                         target: *target,
                         local_state: slot.local_state,
@@ -782,9 +797,11 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
 // ---------------------------------------------------------------------------------------------
 
 fn answer_write(s: &mut Shard, token: ReplyToken, outcome: WriteOutcome) {
-    let Some((_, sink)) = s.sinks.remove(&token) else { return };
+    let Some((target, sink)) = s.sinks.remove(&token) else { return };
     match sink {
-        Sink::Update { conn, request_id, held_bytes } => {
+        Sink::Update { conn, request_id, held_bytes, started, bytes } => {
+            let ok = matches!(outcome, WriteOutcome::Committed(_));
+            crate::metrics::write_done(target, started, bytes, ok);
             let reply = match outcome {
                 WriteOutcome::Committed(ok) => UpdateReply {
                     outcome: Outcome::Ok,
@@ -859,7 +876,12 @@ fn finish_remove(state: &RemoveState) {
 }
 
 fn answer_read(s: &mut Shard, token: ReplyToken, outcome: ReadOutcome) {
-    let Some((_, Sink::BatchItem { batch, index })) = s.sinks.remove(&token) else { return };
+    let Some((target, Sink::BatchItem { batch, index })) = s.sinks.remove(&token) else { return };
+    let (bytes, ok) = match &outcome {
+        ReadOutcome::Data(ok) => (ok.data.len() as u64, true),
+        ReadOutcome::Refused(_) => (0, false),
+    };
+    crate::metrics::read_done(target, batch.borrow().started, bytes, ok);
     let item = match outcome {
         ReadOutcome::Data(ok) => (
             BatchReadReplyItem {
@@ -1212,7 +1234,13 @@ fn handle_request(
             remember_chunk_size(&mut s, request.chunk_id, request.chunk_size);
             let token = ReplyToken(s.next_token);
             s.next_token += 1;
-            let sink = Sink::Update { conn: conn.clone(), request_id, held_bytes: held };
+            let sink = Sink::Update {
+                conn: conn.clone(),
+                request_id,
+                held_bytes: held,
+                started: Instant::now(),
+                bytes: u64::from(request.length),
+            };
             s.sinks.insert(token, (target, sink));
             let write = WriteRequest {
                 chain: request.chain_id,
@@ -1239,6 +1267,7 @@ fn handle_request(
             // The request carried no payload: its credit is returned with the reply.
             let batch = Rc::new(RefCell::new(BatchState {
                 conn: conn.clone(),
+                started: Instant::now(),
                 request_id,
                 items: vec![(BatchReadReplyItem::default(), Bytes::new()); request.items.len()],
                 remaining: request.items.len(),
@@ -1248,14 +1277,10 @@ fn handle_request(
                 // there would be missing here (finding 3 of docs/design/simulation.md).
                 let target = target_for_chain(&s, item.chain_id).filter(|_| !s.fenced);
                 let Some(target) = target else {
-                    let code =
-                        if s.fenced { ErrorCode::Fenced } else { ErrorCode::TargetNotFound };
+                    let code = if s.fenced { ErrorCode::Fenced } else { ErrorCode::TargetNotFound };
                     let mut state = batch.borrow_mut();
-                    state.items[index].0 = BatchReadReplyItem {
-                        outcome: Outcome::Failed(code),
-                        length: 0,
-                        crc32c: 0,
-                    };
+                    state.items[index].0 =
+                        BatchReadReplyItem { outcome: Outcome::Failed(code), length: 0, crc32c: 0 };
                     state.remaining -= 1;
                     continue;
                 };
