@@ -28,6 +28,8 @@ pub struct Config {
     pub storage: StorageAccessConfig,
     /// Run the background collector (deleted files, detached trees, expired sessions).
     pub collector_enabled: bool,
+    /// Metrics endpoint and push target (`[metrics]`, see r3fs_metrics::MetricsConfig).
+    pub metrics: r3fs_metrics::MetricsConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -149,6 +151,8 @@ impl Config {
             #[serde(default)]
             storage: StorageAccessConfig,
             collector_enabled: Option<bool>,
+            #[serde(default)]
+            metrics: r3fs_metrics::MetricsConfig,
         }
         let partial: Partial = toml::from_str(text)?;
         let defaults = Self::new_default();
@@ -160,6 +164,7 @@ impl Config {
             mgmtd: partial.mgmtd,
             storage: partial.storage,
             collector_enabled: partial.collector_enabled.unwrap_or(defaults.collector_enabled),
+            metrics: partial.metrics,
         })
     }
 
@@ -231,6 +236,7 @@ impl Config {
                     .map(|e| format!("storage: {e}")),
             );
         }
+        errors.extend(self.metrics.validate());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }

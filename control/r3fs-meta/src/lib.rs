@@ -34,6 +34,7 @@ pub mod error;
 pub mod fsck;
 pub mod gc;
 pub mod keys;
+pub mod metrics;
 pub mod mgmtd;
 pub mod names;
 pub mod perm;

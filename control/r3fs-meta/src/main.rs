@@ -151,6 +151,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr().context("local address of the listener")?;
     let service = MetaService::new(store.clone(), users);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let _metrics = r3fs_metrics::Exporter::start(
+        &config.metrics,
+        r3fs_metrics::global(),
+        "meta",
+        &format!("meta-{address}"),
+    )
+    .context("start the metrics exporter")?;
     println!("r3fs-meta listening on {address}");
     std::io::stdout().flush().context("flush stdout")?;
     tracing::info!(%address, "serving r3fs.meta.Meta");

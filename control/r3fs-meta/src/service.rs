@@ -30,6 +30,7 @@ type Reply<T> = Result<Response<T>, Status>;
 /// Maps an operation's error to its status. Expected outcomes (ENOENT, EEXIST, ...) are the
 /// caller's business; failures of the service itself are logged here, where they are handled.
 fn status(error: MetaError) -> Status {
+    crate::metrics::error(error.code);
     if matches!(error.code, ErrorCode::Internal | ErrorCode::KvIo) {
         tracing::error!(code = %error.code, message = %error.message, "meta operation failed");
     }
@@ -180,12 +181,14 @@ fn length_args(request: &pb::LengthRequest) -> (InodeId, Option<u64>, Option<Len
 #[tonic::async_trait]
 impl Meta for MetaService {
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("lookup");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         inode_reply(&self.store.lookup(&user, inode_id(r.parent), &r.name).await.map_err(status)?)
     }
 
     async fn stat(&self, request: Request<pb::StatRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("stat");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -196,6 +199,7 @@ impl Meta for MetaService {
         &self,
         request: Request<pb::BatchStatRequest>,
     ) -> Reply<pb::BatchStatResponse> {
+        let _op = crate::metrics::op("batch_stat");
         self.user(&request).await?;
         let ids: Vec<InodeId> = request.into_inner().inodes.into_iter().map(InodeId).collect();
         let inodes = self.store.batch_stat(&ids).await.map_err(status)?;
@@ -207,6 +211,7 @@ impl Meta for MetaService {
     }
 
     async fn create(&self, request: Request<pb::CreateRequest>) -> Reply<pb::OpenResponse> {
+        let _op = crate::metrics::op("create");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -220,6 +225,7 @@ impl Meta for MetaService {
     }
 
     async fn open(&self, request: Request<pb::OpenRequest>) -> Reply<pb::OpenResponse> {
+        let _op = crate::metrics::op("open");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -232,6 +238,7 @@ impl Meta for MetaService {
     }
 
     async fn mkdir(&self, request: Request<pb::MkdirRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("mkdir");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -244,6 +251,7 @@ impl Meta for MetaService {
     }
 
     async fn symlink(&self, request: Request<pb::SymlinkRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("symlink");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -254,6 +262,7 @@ impl Meta for MetaService {
         &self,
         request: Request<pb::ReadLinkRequest>,
     ) -> Reply<pb::ReadLinkResponse> {
+        let _op = crate::metrics::op("read_link");
         let user = self.user(&request).await?;
         let (at, path) = path_at(request.into_inner().target);
         let link_target = self.store.readlink(&user, at, &path).await.map_err(status)?;
@@ -261,6 +270,7 @@ impl Meta for MetaService {
     }
 
     async fn link(&self, request: Request<pb::LinkRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("link");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (old_at, old_path) = path_at(r.old_path);
@@ -271,6 +281,7 @@ impl Meta for MetaService {
     }
 
     async fn remove(&self, request: Request<pb::RemoveRequest>) -> Reply<pb::RemoveResponse> {
+        let _op = crate::metrics::op("remove");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let kind = match pb::RemoveKind::try_from(r.kind) {
@@ -285,6 +296,7 @@ impl Meta for MetaService {
     }
 
     async fn rename(&self, request: Request<pb::RenameRequest>) -> Reply<pb::RenameResponse> {
+        let _op = crate::metrics::op("rename");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (src_at, src_path) = path_at(r.source);
@@ -297,6 +309,7 @@ impl Meta for MetaService {
     }
 
     async fn read_dir(&self, request: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirResponse> {
+        let _op = crate::metrics::op("read_dir");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.directory);
@@ -316,6 +329,7 @@ impl Meta for MetaService {
     }
 
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("set_attr");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.target);
@@ -337,18 +351,21 @@ impl Meta for MetaService {
         &self,
         request: Request<pb::LengthRequest>,
     ) -> Reply<pb::LengthResponse> {
+        let _op = crate::metrics::op("report_length");
         let user = self.user(&request).await?;
         let (id, session, report) = length_args(request.get_ref());
         length_reply(&self.store.report_length(&user, id, session, report).await.map_err(status)?)
     }
 
     async fn fsync(&self, request: Request<pb::LengthRequest>) -> Reply<pb::LengthResponse> {
+        let _op = crate::metrics::op("fsync");
         let user = self.user(&request).await?;
         let (id, session, report) = length_args(request.get_ref());
         length_reply(&self.store.fsync(&user, id, session, report).await.map_err(status)?)
     }
 
     async fn close(&self, request: Request<pb::LengthRequest>) -> Reply<pb::LengthResponse> {
+        let _op = crate::metrics::op("close");
         let user = self.user(&request).await?;
         let (id, session, report) = length_args(request.get_ref());
         let session = session.ok_or_else(|| invalid("close needs the write session"))?;
@@ -356,6 +373,7 @@ impl Meta for MetaService {
     }
 
     async fn stat_fs(&self, request: Request<pb::StatFsRequest>) -> Reply<pb::StatFsResponse> {
+        let _op = crate::metrics::op("stat_fs");
         self.user(&request).await?;
         let statfs = self.store.statfs().await.map_err(status)?;
         let capacity = statfs.capacity.unwrap_or_default();
@@ -372,6 +390,7 @@ impl Meta for MetaService {
         &self,
         request: Request<pb::RealPathRequest>,
     ) -> Reply<pb::RealPathResponse> {
+        let _op = crate::metrics::op("real_path");
         self.user(&request).await?;
         let id = inode_id(request.into_inner().inode);
         let path = self.store.real_path(id).await.map_err(status)?;
@@ -379,6 +398,7 @@ impl Meta for MetaService {
     }
 
     async fn set_layout(&self, request: Request<pb::SetLayoutRequest>) -> Reply<pb::InodeResponse> {
+        let _op = crate::metrics::op("set_layout");
         let user = self.user(&request).await?;
         let r = request.into_inner();
         let (at, path) = path_at(r.directory);

@@ -101,6 +101,7 @@ pub async fn after_attempt<T>(
     if sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(sleep_ms)).await;
     }
+    crate::metrics::conflict_retry();
     ControlFlow::Continue(())
 }
 
