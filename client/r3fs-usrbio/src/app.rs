@@ -241,6 +241,7 @@ impl Iov {
     /// No I/O that reads into the buffer may be in flight while the slice is alive (the server
     /// writes those bytes from another process), and the caller must not create overlapping
     /// mutable slices.
+    #[allow(clippy::mut_from_ref)] // shared memory: the contract above replaces the borrow rules
     pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
         // SAFETY: the caller upholds the contract above; the mapping lives as long as self.
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len()) }
@@ -289,6 +290,7 @@ impl Ior {
     /// `file_offset` (read: file → buffer). Returns its position in the batch. Errors: EINVAL (zero
     /// length, an iov of another session), EFAULT (buffer outside the iov), EBADF (fd not
     /// registered), EAGAIN (ring full: reap completions first).
+    #[allow(clippy::too_many_arguments)] // the shape of 3FS's hf3fs_prep_io, kept for the C ABI
     pub fn prep_io(
         &mut self,
         iov: &Iov,

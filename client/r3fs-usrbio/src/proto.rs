@@ -1,8 +1,8 @@
 //! The control protocol on the server's Unix socket: fixed-size little-endian messages, with file
 //! descriptors passed as SCM_RIGHTS ancillary data.
 //!
-//! Request (40 bytes): magic u32, op u32, args [u64; 4]. Reply (16 bytes): result i64 (a value
-//! >= 0, or a negative errno), reserved u64. The application sends one request and waits for its
+//! Request (40 bytes): magic u32, op u32, args [u64; 4]. Reply (16 bytes): result i64 (a
+//! non-negative value, or a negative errno), reserved u64. The application sends one request and waits for its
 //! reply before the next, so the server keeps at most one request per session in hand.
 
 use std::io;

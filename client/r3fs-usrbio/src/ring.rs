@@ -74,7 +74,7 @@ pub const SQE_BYTES: usize = 48;
 pub const CQE_BYTES: usize = 16;
 const _: () = assert!(std::mem::size_of::<Sqe>() == SQE_BYTES);
 const _: () = assert!(std::mem::size_of::<Cqe>() == CQE_BYTES);
-const _: () = assert!(SQES_OFFSET % 8 == 0 && CQ_TAIL_OFFSET + 4 <= SQES_OFFSET);
+const _: () = assert!(SQES_OFFSET.is_multiple_of(8) && CQ_TAIL_OFFSET + 4 <= SQES_OFFSET);
 const _: () = assert!(ENTRIES_MAX.is_power_of_two());
 
 /// Whether `entries` is a valid ring size.

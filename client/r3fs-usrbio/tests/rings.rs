@@ -8,7 +8,9 @@
 //! 3. a ring whose indices are corrupted ends only its own session;
 //! 4. the Rust example, run as a separate process, is killed with SIGKILL mid-I/O: its session
 //!    ends, its file is closed, and the server keeps serving a second run of the example;
-//! 5. the C example is compiled with `cc` against the checked-in header and run.
+//! 5. the C example is compiled with `cc` against the checked-in header and run;
+//! 6. (root with /dev/fuse) the real thing: r3fs-fuse mounts the cluster and serves rings, and the
+//!    C and Rust examples open files on the mount and move their bytes through rings.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -44,6 +46,13 @@ async fn rings_against_a_real_cluster() {
     c_example(&cluster, &rig).await;
     println!("C example ok: {:?}", rig.server.stats());
     rig.server.shutdown().await;
+    match common::fuse_unavailable() {
+        Some(reason) => println!("skipping the FUSE mount scenario: {reason}"),
+        None => {
+            through_the_fuse_mount(&cluster).await;
+            println!("FUSE mount ok");
+        }
+    }
 }
 
 fn socket(rig: &Rig) -> std::path::PathBuf {
@@ -171,7 +180,7 @@ async fn bad_arguments(cluster: &Cluster, rig: &Rig) {
         // A local file that stands for no r3fs inode, and a directory, are refused.
         let stray = std::fs::File::open(&unmapped).unwrap();
         assert_eq!(session.register_fd(stray.as_fd()), Err(Errno(libc::EXDEV)));
-        let dir = std::fs::File::open(&rig_mount(&rw)).unwrap();
+        let dir = std::fs::File::open(rig_mount(&rw)).unwrap();
         assert_eq!(session.register_fd(dir.as_fd()), Err(Errno(libc::EISDIR)));
         let iov = session.create_iov(1 << 20).unwrap();
         let foreign = other.create_iov(4096).unwrap();
@@ -459,15 +468,19 @@ async fn killed_application(cluster: &Cluster, rig: &Rig) {
     assert!(stdout.contains("usrbio round trip ok"), "{stdout}");
 }
 
-async fn c_example(cluster: &Cluster, rig: &Rig) {
+/// Compiles the C example (once) and returns its path, or None without a C compiler.
+fn compile_c_example(cluster: &Cluster) -> Option<std::path::PathBuf> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     if Command::new(&cc).arg("--version").output().is_err() {
         println!("skipping the C example: no C compiler ({cc})");
-        return;
+        return None;
+    }
+    let exe = cluster.dir.path().join("usrbio_example");
+    if exe.exists() {
+        return Some(exe);
     }
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib_dir = common::library_dir();
-    let exe = cluster.dir.path().join("usrbio_example");
     let compiled = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
         .arg(&exe)
@@ -481,6 +494,53 @@ async fn c_example(cluster: &Cluster, rig: &Rig) {
         .output()
         .expect("run cc");
     assert!(compiled.status.success(), "cc failed:\n{}", String::from_utf8_lossy(&compiled.stderr));
+    Some(exe)
+}
+
+/// The real thing: r3fs-fuse mounts the cluster and serves rings; the C and Rust examples open
+/// files on the mount and move their bytes through rings.
+async fn through_the_fuse_mount(cluster: &Cluster) {
+    let mount = tokio::task::block_in_place(|| common::FuseMount::start(cluster));
+    let c_file = mount.mountpoint.join("c-through-fuse.bin");
+    let rust_file = mount.mountpoint.join("rust-through-fuse.bin");
+    tokio::task::block_in_place(|| {
+        std::fs::write(&c_file, b"").expect("create a file through FUSE");
+        std::fs::write(&rust_file, b"").expect("create a file through FUSE");
+    });
+    if let Some(exe) = compile_c_example(cluster) {
+        let mut command = Command::new(&exe);
+        command.arg(&mount.mountpoint).arg(&c_file).env("R3FS_USRBIO_DIR", &mount.socket_dir);
+        let output = tokio::task::block_in_place(|| command.output()).expect("run the C example");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "C example through FUSE failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let file = cluster
+            .files
+            .open("/c-through-fuse.bin", &r3fs_client::OpenOptions::read_only())
+            .await
+            .unwrap();
+        let data_bytes = (1usize << 20) + 123;
+        let mut back = vec![0u8; data_bytes];
+        assert_eq!(file.read_at(4103, &mut back).await.unwrap(), data_bytes);
+        assert!(back.iter().enumerate().all(|(i, &b)| b == ((i * 131 + 17) % 253) as u8));
+    }
+    let mut command = Command::new(example("usrbio_roundtrip"));
+    command.arg(&mount.mountpoint).arg(&rust_file).env("R3FS_USRBIO_DIR", &mount.socket_dir);
+    let output = tokio::task::block_in_place(|| command.output()).expect("run the Rust example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Rust example through FUSE failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tokio::task::block_in_place(move || drop(mount));
+}
+
+async fn c_example(cluster: &Cluster, rig: &Rig) {
+    let Some(exe) = compile_c_example(cluster) else { return };
     let path = rig.placeholder(cluster, "/from-c.bin", "from-c.bin").await;
     let mut command = Command::new(&exe);
     command.arg(&rig.mount).arg(&path).env("R3FS_USRBIO_DIR", &rig.socket_dir);

@@ -24,6 +24,9 @@ pub struct Cluster {
     _storage: Proc,
     _meta: Proc,
     pub files: FileClient,
+    pub mgmtd_address: String,
+    pub meta_address: String,
+    pub token: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -196,16 +199,25 @@ pub async fn start_cluster() -> Cluster {
     let (meta, meta_address) = start_meta(dir.path(), &token);
     phase("meta up");
     let mut config = ClientConfig {
-        mgmtd_addresses: vec![mgmtd_address],
-        meta_addresses: vec![meta_address],
-        token,
+        mgmtd_addresses: vec![mgmtd_address.clone()],
+        meta_addresses: vec![meta_address.clone()],
+        token: token.clone(),
         ..Default::default()
     };
     config.retry.backoff_initial_ms = 5;
     config.retry.backoff_max_ms = 200;
     config.file.length_report_interval_ms = 200;
     let files = FileClient::connect(config).await.expect("connect the file client");
-    Cluster { _mgmtd: mgmtd, _storage: storage, _meta: meta, files, dir }
+    Cluster {
+        _mgmtd: mgmtd,
+        _storage: storage,
+        _meta: meta,
+        files,
+        mgmtd_address,
+        meta_address,
+        token,
+        dir,
+    }
 }
 
 /// A ring server over the cluster, standing in for a FUSE mount: `mount` is a local directory
@@ -276,4 +288,67 @@ pub fn library_dir() -> PathBuf {
     });
     assert!(dir.join("libr3fs_usrbio.so").exists(), "no libr3fs_usrbio.so in {}", dir.display());
     dir
+}
+
+/// The reason this machine cannot run the FUSE daemon, if any.
+pub fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is absent".into());
+    }
+    // SAFETY: plain syscall.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (the FUSE daemon mounts directly)".into());
+    }
+    None
+}
+
+/// `r3fs-fuse` mounted on `<dir>/mnt`, its ring server's socket in `<dir>/fuse-run`; unmounted on
+/// drop (SIGTERM, then a lazy unmount if the daemon could not).
+pub struct FuseMount {
+    fuse: Proc,
+    pub mountpoint: PathBuf,
+    pub socket_dir: PathBuf,
+}
+
+impl FuseMount {
+    pub fn start(cluster: &Cluster) -> FuseMount {
+        let dir = cluster.dir.path();
+        let mountpoint = dir.join("mnt");
+        let socket_dir = dir.join("fuse-run");
+        std::fs::create_dir_all(&mountpoint).expect("create the mount point");
+        let token_file = dir.join("fuse.token");
+        std::fs::write(&token_file, &cluster.token).expect("write the token file");
+        let config = format!(
+            "mountpoint = \"{}\"\nmgmtd_addresses = [\"{}\"]\nmeta_addresses = [\"{}\"]\n\
+             token_file = \"{}\"\nthreads = 2\n",
+            mountpoint.display(),
+            cluster.mgmtd_address,
+            cluster.meta_address,
+            token_file.display()
+        );
+        let path = dir.join("fuse.toml");
+        std::fs::write(&path, config).expect("write the fuse config");
+        let mut command = Command::new(binary("r3fs-fuse", "r3fs-fuse"));
+        command
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("R3FS_USRBIO_DIR", &socket_dir);
+        let mut fuse = Proc::spawn("r3fs-fuse", command);
+        fuse.wait_for_line("r3fs-fuse mounted", START_TIMEOUT);
+        FuseMount { fuse, mountpoint, socket_dir }
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if !self.fuse.has_exited() {
+            self.fuse.terminate(Duration::from_secs(20));
+        }
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(path) = std::ffi::CString::new(self.mountpoint.as_os_str().as_bytes()) {
+            // SAFETY: a NUL-terminated path; fails harmlessly if nothing is mounted there.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }
