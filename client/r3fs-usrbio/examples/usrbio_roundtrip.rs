@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         let data: Vec<u8> =
             (0..DATA_BYTES).map(|i| ((i as u64 * 31 + round * 7) % 251) as u8).collect();
         iov.write_bytes(0, &data)?;
+        let started = std::time::Instant::now();
         let pieces = DATA_BYTES.div_ceil(IO_BYTES);
         for piece in 0..pieces {
             let at = piece * IO_BYTES;
@@ -40,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         }
         ior.submit()?;
         check_all(&mut ior, pieces, IO_BYTES, DATA_BYTES)?;
+        let wrote = started.elapsed();
+        let started = std::time::Instant::now();
         // Read it back into the second half of the buffer.
         let back = IOV_BYTES / 2;
         for piece in 0..pieces {
@@ -49,6 +52,15 @@ fn main() -> anyhow::Result<()> {
         }
         ior.submit()?;
         check_all(&mut ior, pieces, IO_BYTES, DATA_BYTES)?;
+        let read_time = started.elapsed();
+        let mib = DATA_BYTES as f64 / (1 << 20) as f64;
+        println!(
+            "round {round}: write {:.0} MiB/s, read {:.0} MiB/s ({} I/Os of {} KiB each way)",
+            mib / wrote.as_secs_f64(),
+            mib / read_time.as_secs_f64(),
+            pieces,
+            IO_BYTES >> 10
+        );
         let mut read = vec![0u8; DATA_BYTES];
         iov.read_bytes(back, &mut read)?;
         if let Some(at) = read.iter().zip(&data).position(|(a, b)| a != b) {

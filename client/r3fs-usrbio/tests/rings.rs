@@ -536,6 +536,25 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
         "Rust example through FUSE failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    assert!(stdout.contains("usrbio round trip ok"), "{stdout}");
+    print!("through FUSE: {stdout}");
+    // The same bytes through the kernel's FUSE path, for comparison (same daemon, same build).
+    let plain = mount.mountpoint.join("plain-through-fuse.bin");
+    let data: Vec<u8> = (0..3usize << 20).map(|i| (i % 251) as u8).collect();
+    let (write, read) = tokio::task::block_in_place(|| {
+        let started = std::time::Instant::now();
+        std::fs::write(&plain, &data).expect("write through FUSE");
+        let write = started.elapsed();
+        let started = std::time::Instant::now();
+        let back = std::fs::read(&plain).expect("read through FUSE");
+        assert!(back == data, "bytes through FUSE differ");
+        (write, started.elapsed())
+    });
+    println!(
+        "plain FUSE path, 3 MiB: write {:.0} MiB/s, read {:.0} MiB/s",
+        3.0 / write.as_secs_f64(),
+        3.0 / read.as_secs_f64()
+    );
     tokio::task::block_in_place(move || drop(mount));
 }
 
