@@ -433,9 +433,26 @@ async fn corrupted_ring(cluster: &Cluster, rig: &Rig) {
     wait_for("sessions closed", || rig.server.stats().sessions == 0).await;
 }
 
+/// Example `name` of this crate, built first (once per test process) with the same cargo and
+/// profile as the running test: `cargo test --test rings` alone does not build examples.
 fn example(name: &str) -> std::path::PathBuf {
-    let path = profile_dir().join("examples").join(name);
-    assert!(path.exists(), "{} was not built (cargo test builds examples)", path.display());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let dir = profile_dir();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "r3fs-usrbio", "--example", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            command.arg("--release");
+        }
+        let status = tokio::task::block_in_place(|| command.status())
+            .expect("run cargo to build an example");
+        assert!(status.success(), "cargo build of example {name} failed");
+        built.push(name.to_string());
+    }
+    let path = dir.join("examples").join(name);
+    assert!(path.exists(), "{} does not exist after building it", path.display());
     path
 }
 
