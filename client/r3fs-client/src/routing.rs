@@ -8,8 +8,8 @@
 //!   (long-poll), and refreshes on demand when a storage target says the client's chain version
 //!   is stale. Published versions only grow.
 //!
-//! Address convention (defined by the storage daemon, engine/r3fs-storage/src/routing.rs, and
-//! pinned by a test here): a storage node registers one service address per shard (core), named
+//! Address convention (`r3fs_types::data_plane`, shared with the storage daemon, and pinned by a
+//! test here): a storage node registers one service address per shard (core), named
 //! `data/<shard>`, numbered 0..n without gaps; target `t` of a node with `n` shards is served by
 //! shard `t % n`.
 
@@ -30,14 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Prefix of the data-plane service names a storage node registers.
-pub const DATA_ADDRESS_PREFIX: &str = "data/";
-
-/// The shard of a node with `shards` shards that serves `target`.
-pub fn shard_of(target: TargetId, shards: usize) -> usize {
-    assert!(shards > 0, "a storage node has at least one shard");
-    (target.0 % shards as u64) as usize
-}
+use r3fs_types::data_plane::parse_data_address_name;
+pub use r3fs_types::data_plane::{DATA_ADDRESS_PREFIX, shard_of};
 
 /// One chain at one chain version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,8 +97,8 @@ impl RoutingSnapshot {
             let mut shards: BTreeMap<usize, SocketAddr> = BTreeMap::new();
             let mut bad = false;
             for address in &node.addresses {
-                let Some(index) = address.name.strip_prefix(DATA_ADDRESS_PREFIX) else { continue };
-                match (index.parse::<usize>(), address.address.parse::<SocketAddr>()) {
+                let Some(index) = parse_data_address_name(&address.name) else { continue };
+                match (index, address.address.parse::<SocketAddr>()) {
                     (Ok(index), Ok(socket)) => {
                         shards.insert(index, socket);
                     }

@@ -2,10 +2,9 @@
 //! target, each chain's ordered targets with public states, and the data-plane address of every
 //! shard of every storage node.
 //!
-//! Address convention (the one place that defines it): a storage node registers one
-//! `ServiceAddress` per shard, named `data/<shard>`; target `t` of a node with `n` shards is served
-//! by shard [`shard_of`]`(t, n)`. So a client finds the address of any target from the routing
-//! info alone, and a request lands on the core that owns the target without a hop.
+//! Address convention: `r3fs_types::data_plane` defines it once for the daemon and the client (one
+//! `data/<shard>` address per shard; target `t` of a node with `n` shards is served by shard
+//! [`shard_of`]`(t, n)`), re-exported here.
 
 use r3fs_craq::{ChainRouting, ChainTarget};
 use r3fs_rpc::mgmtd as pb;
@@ -13,19 +12,8 @@ use r3fs_types::{ChainId, ChainVersion, LocalTargetState, NodeId, PublicTargetSt
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// Prefix of the data-plane service names a storage node registers.
-pub const DATA_ADDRESS_PREFIX: &str = "data/";
-
-/// The shard of a node with `shards` shards that owns `target`.
-pub fn shard_of(target: TargetId, shards: usize) -> usize {
-    assert!(shards > 0, "a node has at least one shard");
-    (target.0 % shards as u64) as usize
-}
-
-/// The service name of shard `shard`'s data-plane address.
-pub fn data_address_name(shard: usize) -> String {
-    format!("{DATA_ADDRESS_PREFIX}{shard}")
-}
+use r3fs_types::data_plane::parse_data_address_name;
+pub use r3fs_types::data_plane::{DATA_ADDRESS_PREFIX, data_address_name, shard_of};
 
 /// Where a target lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +64,8 @@ impl RoutingSnapshot {
             let mut shards: BTreeMap<usize, SocketAddr> = BTreeMap::new();
             let mut bad = false;
             for address in &node.addresses {
-                let Some(index) = address.name.strip_prefix(DATA_ADDRESS_PREFIX) else { continue };
-                match (index.parse::<usize>(), address.address.parse::<SocketAddr>()) {
+                let Some(index) = parse_data_address_name(&address.name) else { continue };
+                match (index, address.address.parse::<SocketAddr>()) {
                     (Ok(index), Ok(socket)) => {
                         shards.insert(index, socket);
                     }

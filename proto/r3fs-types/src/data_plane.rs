@@ -26,10 +26,10 @@ pub fn data_address_name(shard: usize) -> String {
 }
 
 /// The shard a service name publishes: `None` for names that are not data-plane addresses,
-/// `Some(Err(()))` for a `data/` name whose shard number does not parse.
-pub fn parse_data_address_name(name: &str) -> Option<Result<usize, ()>> {
+/// `Some(Err(_))` for a `data/` name whose shard number does not parse.
+pub fn parse_data_address_name(name: &str) -> Option<Result<usize, std::num::ParseIntError>> {
     let index = name.strip_prefix(DATA_ADDRESS_PREFIX)?;
-    Some(index.parse::<usize>().map_err(|_| ()))
+    Some(index.parse::<usize>())
 }
 
 #[cfg(test)]
@@ -43,8 +43,8 @@ mod tests {
         }
         assert_eq!(data_address_name(3), "data/3");
         assert_eq!(parse_data_address_name("grpc"), None);
-        assert_eq!(parse_data_address_name("data/x"), Some(Err(())));
-        assert_eq!(parse_data_address_name("data/"), Some(Err(())));
+        assert!(matches!(parse_data_address_name("data/x"), Some(Err(_))));
+        assert!(matches!(parse_data_address_name("data/"), Some(Err(_))));
     }
 
     /// The modulo rule is part of the protocol between daemon and client: pinned.
