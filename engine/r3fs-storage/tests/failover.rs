@@ -8,6 +8,10 @@
 //!   to the new head and retries the write in flight (same client id and sequence); the old head
 //!   comes back through resync.
 //!
+//! - `mgmtd_restart_fences_and_resumes`: kill -9 mgmtd (fjall KV on disk) under writes; every
+//!   daemon fences itself after half the heartbeat timeout (writes AND reads refused with
+//!   `Fenced`), then serves again once mgmtd is back and its routing is applied.
+//!
 //! Each test then verifies every acknowledged write on every replica (the writer retries a write
 //! until it is acknowledged, so the model is the acknowledged writes applied in order) and prints
 //! how many acknowledged writes were verified and the longest gap between two acknowledgements
@@ -27,6 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CHAIN: u32 = 1;
+/// The tests of this file run one at a time: each starts four processes, and 2-core CI runners
+/// would otherwise run twelve at once.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CHUNKS: u64 = 8;
 const WRITE_BYTES: usize = 32 << 10;
 const OFFSETS: u64 = 16;
@@ -59,7 +66,12 @@ async fn routing(admin: &MgmtdClient) -> Option<RoutingSnapshot> {
 
 /// Writes until `stop`, each write retried (same client id and sequence) until acknowledged,
 /// following the routing to whichever target heads the chain.
-async fn writer(admin: MgmtdClient, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>) -> Model {
+async fn writer(
+    admin: MgmtdClient,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    fenced_seen: Arc<AtomicU64>,
+) -> Model {
     let mut model = Model::default();
     let mut client: Option<(std::net::SocketAddr, DataClient)> = None;
     let mut last_ack = Instant::now();
@@ -105,15 +117,8 @@ async fn writer(admin: MgmtdClient, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>)
                 }
             }
             let Some((_, c)) = client.as_mut() else { continue };
-            let request = write_request(
-                CHAIN,
-                chain.chain_version,
-                chunk,
-                offset as u32,
-                &data,
-                7,
-                i + 1,
-            );
+            let request =
+                write_request(CHAIN, chain.chain_version, chunk, offset as u32, &data, 7, i + 1);
             match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
                 Ok(Ok(reply)) if reply.outcome == Outcome::Ok => break,
                 Ok(Ok(reply)) => {
@@ -127,6 +132,9 @@ async fn writer(admin: MgmtdClient, stop: Arc<AtomicBool>, acks: Arc<AtomicU64>)
                                 | ErrorCode::TargetNotServing
                         );
                     assert!(expected, "write {i} refused for good: {reply:?}");
+                    if code == ErrorCode::Fenced {
+                        fenced_seen.fetch_add(1, Ordering::SeqCst);
+                    }
                     *model.refusals.entry(format!("{code:?}")).or_default() += 1;
                     cached = None;
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -159,7 +167,10 @@ struct Cluster {
 const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
 
 async fn start_cluster() -> Cluster {
-    let mgmtd = start_mgmtd();
+    start_cluster_with(start_mgmtd()).await
+}
+
+async fn start_cluster_with(mgmtd: Mgmtd) -> Cluster {
     let (admin, token) = init_cluster(&mgmtd.address).await;
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
     let daemons = MEMBERS
@@ -171,9 +182,10 @@ async fn start_cluster() -> Cluster {
 }
 
 fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
-    let reached = r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
-        acks.load(Ordering::SeqCst) >= at_least
-    });
+    let reached =
+        r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
+            acks.load(Ordering::SeqCst) >= at_least
+        });
     assert!(reached, "writes did not reach {at_least} acknowledgements ({what})");
 }
 
@@ -203,10 +215,12 @@ async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
 /// Kills `victim` after some acknowledged writes, lets the chain run without it, brings it back,
 /// waits for it to serve again while writes continue, then verifies everything.
 async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = start_cluster().await;
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(writer(cluster.admin.clone(), stop.clone(), acks.clone()));
+    let fenced_seen = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(writer(cluster.admin.clone(), stop.clone(), acks.clone(), fenced_seen));
 
     wait_acks(&acks, 60, "before the kill");
     let before_kill = acks.load(Ordering::SeqCst);
@@ -264,4 +278,98 @@ async fn sigkill_middle_replica_and_resync() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_head_mid_write_and_resync() {
     kill_and_rejoin("kill -9 chain head", 2, 101).await;
+}
+
+/// An mgmtd whose KV lives on disk (fjall), so it can be killed and started again.
+fn start_persistent_mgmtd(dir: &std::path::Path, address: &str) -> r3fs_testkit::Proc {
+    let config = format!(
+        "node_id = 1\nlisten = \"{address}\"\nlease_timeout_ms = 2000\nlease_renew_interval_ms = 500\n\
+         heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\nfailure_check_interval_ms = 200\n\
+         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"fjall\"\n\
+         [kv.fjall]\npath = \"{}\"\n",
+        dir.join("kv").display()
+    );
+    let path = dir.join("mgmtd.toml");
+    std::fs::write(&path, config).expect("write mgmtd config");
+    let mut command = std::process::Command::new(r3fs_testkit::binary("r3fs-mgmtd", "r3fs-mgmtd"));
+    command.arg("--config").arg(&path);
+    let mut proc = r3fs_testkit::Proc::spawn("r3fs-mgmtd", command);
+    proc.wait_for_line("is primary", START_TIMEOUT);
+    proc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mgmtd_restart_fences_and_resumes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("mgmtd dir");
+    let address = format!("127.0.0.1:{}", r3fs_testkit::free_port());
+    let proc = start_persistent_mgmtd(dir.path(), &address);
+    let mgmtd = Mgmtd::from_parts(proc, address.clone());
+    let mut cluster = start_cluster_with(mgmtd).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let fenced_seen = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(writer(
+        cluster.admin.clone(),
+        stop.clone(),
+        acks.clone(),
+        fenced_seen.clone(),
+    ));
+    wait_acks(&acks, 60, "before mgmtd dies");
+    let routing_before = routing(&cluster.admin).await.expect("routing");
+    let killed_at = Instant::now();
+    cluster.mgmtd.proc.kill9();
+
+    // Every daemon fences itself: the writer (whose routing is still valid) sees Fenced, and a
+    // read sent straight to the tail is refused too.
+    let fenced =
+        r3fs_testkit::wait_until(Duration::from_secs(60), Duration::from_millis(5), || {
+            fenced_seen.load(Ordering::SeqCst) > 0
+        });
+    assert!(fenced, "no write was refused with Fenced while mgmtd was down");
+    let fenced_after = killed_at.elapsed();
+    let tail = routing_before.address_of(TargetId(MEMBERS[2].0)).expect("tail address");
+    let mut tail_client = DataClient::connect(tail).await.expect("connect to the tail");
+    let request = r3fs_wire::BatchReadRequest {
+        items: vec![r3fs_wire::BatchReadItem {
+            chain_id: ChainId(CHAIN),
+            chunk_id: ChunkId::new(InodeId(9), 0),
+            offset: 0,
+            length: 4096,
+        }],
+    };
+    let (reply, _) = tail_client.batch_read(request).await.expect("read from the tail");
+    assert_eq!(
+        reply.items[0].outcome,
+        Outcome::Failed(ErrorCode::Fenced),
+        "a fenced daemon must refuse reads"
+    );
+    let acks_while_down = acks.load(Ordering::SeqCst);
+
+    // mgmtd comes back on the same address and KV; the daemons heartbeat again, apply its
+    // routing and lift the fence.
+    let restarted_at = Instant::now();
+    cluster.mgmtd.proc = start_persistent_mgmtd(dir.path(), &address);
+    wait_acks(&acks, acks_while_down + 60, "after mgmtd's restart");
+    let resumed_after = restarted_at.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let model = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("writer stops")
+        .expect("writer task");
+    let replicas = verify_all_replicas(&cluster.admin, &model).await;
+    println!(
+        "mgmtd kill -9 and restart: {} acknowledged writes verified on {replicas} replicas over {} \
+         chunks; first Fenced refusal {:?} after the kill; 60 writes acknowledged {:?} after \
+         mgmtd's restart; longest gap between acknowledgements {:?}; refusals: {:?}",
+        model.acks,
+        model.acked.len(),
+        fenced_after,
+        resumed_after,
+        model.gap_max,
+        model.refusals,
+    );
+    for (_, daemon) in cluster.daemons.iter_mut() {
+        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
+    }
 }

@@ -27,6 +27,13 @@ pub struct Mgmtd {
     _dir: TempDir,
 }
 
+impl Mgmtd {
+    /// An mgmtd started by the caller (its own config), listening on `address`.
+    pub fn from_parts(proc: Proc, address: String) -> Mgmtd {
+        Mgmtd { proc, address, _dir: tempfile::tempdir().expect("mgmtd temp dir") }
+    }
+}
+
 pub fn start_mgmtd() -> Mgmtd {
     let dir = tempfile::tempdir().expect("mgmtd temp dir");
     let port = free_port();
