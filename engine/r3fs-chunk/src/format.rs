@@ -166,6 +166,11 @@ pub enum RecordKind {
     Delete = 5,
     /// Every batch before this record is durable, data included (written at a clean close).
     Seal = 6,
+    /// A chunk's staged (pending) version: survives a crash until committed, aborted or
+    /// replaced.
+    Stage = 7,
+    /// A staged version is dropped.
+    Abort = 8,
 }
 
 impl RecordKind {
@@ -177,6 +182,8 @@ impl RecordKind {
             4 => RecordKind::Put,
             5 => RecordKind::Delete,
             6 => RecordKind::Seal,
+            7 => RecordKind::Stage,
+            8 => RecordKind::Abort,
             _ => return None,
         })
     }
@@ -199,6 +206,31 @@ pub struct ChunkState {
     pub serial: u64,
 }
 
+/// What a committed removal leaves: the version numbers, so that versions never go back
+/// (r3fs-craq's "versions only grow"), without data or a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub version: ChunkVersion,
+    pub chain_version: ChainVersion,
+}
+
+/// A staged (pending) version as recorded: the state it will commit to, or a removal (then
+/// `state` has no block, length 0, checksum 0, serial 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staged {
+    pub state: ChunkState,
+    pub removal: bool,
+}
+
+/// One entry of a checkpoint: a chunk has at most one of committed state and tombstone, and at
+/// most one staged version besides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    Committed(ChunkState),
+    Tombstone(Tombstone),
+    Staged(Staged),
+}
+
 /// A decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -209,7 +241,7 @@ pub enum Record {
     },
     CheckpointEntry {
         chunk: ChunkId,
-        state: ChunkState,
+        entry: EntryState,
     },
     /// `base_seq`: the last seq in the body; `body_crc`: CRC32C of every body record's bytes.
     CheckpointEnd {
@@ -223,12 +255,25 @@ pub enum Record {
         chunk: ChunkId,
         state: ChunkState,
     },
+    /// The chunk's committed state is removed: it leaves `tombstone`, or nothing at all (a
+    /// file's chunks removed by range). Either way any staged version goes too.
     Delete {
         seq: u64,
         chunk: ChunkId,
+        tombstone: Option<Tombstone>,
     },
     Seal {
         seq: u64,
+    },
+    Stage {
+        seq: u64,
+        chunk: ChunkId,
+        staged: Staged,
+    },
+    Abort {
+        seq: u64,
+        chunk: ChunkId,
+        version: ChunkVersion,
     },
 }
 
@@ -257,12 +302,16 @@ fn record_crc(generation: u64, body: &[u8]) -> u32 {
 
 /// Flag of the first record of a commit batch (byte 6).
 pub const FLAG_BATCH_START: u8 = 1;
+/// Flag of a removal: a tombstone checkpoint entry, or a staged removal (byte 6).
+const FLAG_REMOVAL: u8 = 2;
+/// Flag of a checkpoint entry that is a staged version (byte 6).
+const FLAG_STAGED: u8 = 4;
 
 /// Layout of a record (little-endian; the chunk id in its own big-endian byte order):
 /// `[0,4)` crc32c of `[4,64)` seeded with the log generation, `[4]` kind, `[5]` size class or
 /// 0xFF, `[6]` flags, `[7]` zero, `[8,16)` seq, `[16,32)` chunk id, `[32,40)` version,
 /// `[40,44)` chain version, `[44,48)` length, `[48,52)` chunk crc32c, `[52,56)` block slot,
-/// `[56,64)` serial.
+/// `[56,64)` serial. A tombstone uses only version and chain version; an abort only version.
 pub fn encode(record: &Record, generation: u64) -> [u8; RECORD_BYTES] {
     encode_flagged(record, generation, 0)
 }
@@ -270,6 +319,15 @@ pub fn encode(record: &Record, generation: u64) -> [u8; RECORD_BYTES] {
 /// [`encode`] with flags (`FLAG_BATCH_START`).
 pub fn encode_flagged(record: &Record, generation: u64, flags: u8) -> [u8; RECORD_BYTES] {
     let mut out = [0u8; RECORD_BYTES];
+    let mut flags = flags;
+    let tombstone_state = |t: Tombstone| ChunkState {
+        version: t.version,
+        chain_version: t.chain_version,
+        len: 0,
+        crc: 0,
+        block: None,
+        serial: 0,
+    };
     let (kind, seq, chunk_bytes, state, extra) = match *record {
         Record::Header { base_seq, format_version, generation } => (
             RecordKind::Header,
@@ -278,7 +336,21 @@ pub fn encode_flagged(record: &Record, generation: u64, flags: u8) -> [u8; RECOR
             None,
             Some((u64::from(format_version), generation)),
         ),
-        Record::CheckpointEntry { chunk, state } => {
+        Record::CheckpointEntry { chunk, entry } => {
+            let state = match entry {
+                EntryState::Committed(state) => state,
+                EntryState::Tombstone(t) => {
+                    flags |= FLAG_REMOVAL;
+                    tombstone_state(t)
+                }
+                EntryState::Staged(staged) => {
+                    flags |= FLAG_STAGED;
+                    if staged.removal {
+                        flags |= FLAG_REMOVAL;
+                    }
+                    staged.state
+                }
+            };
             (RecordKind::CheckpointEntry, 0, chunk.to_bytes(), Some(state), None)
         }
         Record::CheckpointEnd { base_seq, entries, next_serial, body_crc } => {
@@ -288,8 +360,20 @@ pub fn encode_flagged(record: &Record, generation: u64, flags: u8) -> [u8; RECOR
         Record::Put { seq, chunk, state } => {
             (RecordKind::Put, seq, chunk.to_bytes(), Some(state), None)
         }
-        Record::Delete { seq, chunk } => (RecordKind::Delete, seq, chunk.to_bytes(), None, None),
+        Record::Delete { seq, chunk, tombstone } => {
+            (RecordKind::Delete, seq, chunk.to_bytes(), tombstone.map(tombstone_state), None)
+        }
         Record::Seal { seq } => (RecordKind::Seal, seq, [0; 16], None, None),
+        Record::Stage { seq, chunk, staged } => {
+            if staged.removal {
+                flags |= FLAG_REMOVAL;
+            }
+            (RecordKind::Stage, seq, chunk.to_bytes(), Some(staged.state), None)
+        }
+        Record::Abort { seq, chunk, version } => {
+            out[32..40].copy_from_slice(&version.0.to_le_bytes());
+            (RecordKind::Abort, seq, chunk.to_bytes(), None, None)
+        }
     };
     out[4] = kind as u8;
     out[5] = NO_CLASS;
@@ -340,9 +424,16 @@ pub fn decode(bytes: &[u8; RECORD_BYTES], generation: u64) -> Result<Record, Dec
         return Err(DecodeError::Checksum);
     }
     let kind = RecordKind::from_u8(bytes[4]).ok_or(DecodeError::Kind(bytes[4]))?;
-    if bytes[6] & !FLAG_BATCH_START != 0 || bytes[7] != 0 {
+    let kind_flags = match kind {
+        RecordKind::CheckpointEntry => FLAG_REMOVAL | FLAG_STAGED,
+        RecordKind::Stage => FLAG_REMOVAL,
+        _ => 0,
+    };
+    if bytes[6] & !(FLAG_BATCH_START | kind_flags) != 0 || bytes[7] != 0 {
         return Err(DecodeError::Reserved);
     }
+    let removal = bytes[6] & FLAG_REMOVAL != 0;
+    let staged_entry = bytes[6] & FLAG_STAGED != 0;
     let seq = u64_at(bytes, 8);
     let mut chunk_bytes = [0u8; 16];
     chunk_bytes.copy_from_slice(&bytes[16..32]);
@@ -375,7 +466,15 @@ pub fn decode(bytes: &[u8; RECORD_BYTES], generation: u64) -> Result<Record, Dec
             format_version: u64_at(bytes, 32) as u32,
             generation: u64_at(bytes, 56),
         },
-        RecordKind::CheckpointEntry => Record::CheckpointEntry { chunk, state: state()? },
+        RecordKind::CheckpointEntry => {
+            let state = state()?;
+            let entry = match (staged_entry, removal) {
+                (true, removal) => EntryState::Staged(staged(state, removal)?),
+                (false, true) => EntryState::Tombstone(tombstone(state)?),
+                (false, false) => EntryState::Committed(state),
+            };
+            Record::CheckpointEntry { chunk, entry }
+        }
         RecordKind::CheckpointEnd => Record::CheckpointEnd {
             base_seq: seq,
             entries: u64_at(bytes, 32),
@@ -383,9 +482,56 @@ pub fn decode(bytes: &[u8; RECORD_BYTES], generation: u64) -> Result<Record, Dec
             body_crc: u32_at(bytes, 48),
         },
         RecordKind::Put => Record::Put { seq, chunk, state: state()? },
-        RecordKind::Delete => Record::Delete { seq, chunk },
+        RecordKind::Delete => {
+            let state = state()?;
+            // Version 0: an erase (and what a log written before tombstones holds).
+            let tombstone = if state.version.0 == 0 {
+                if state != tombstone_of_nothing() {
+                    return Err(DecodeError::Reserved);
+                }
+                None
+            } else {
+                Some(tombstone(state)?)
+            };
+            Record::Delete { seq, chunk, tombstone }
+        }
         RecordKind::Seal => Record::Seal { seq },
+        RecordKind::Stage => Record::Stage { seq, chunk, staged: staged(state()?, removal)? },
+        RecordKind::Abort => {
+            if bytes[5] != NO_CLASS || bytes[40..64].iter().any(|b| *b != 0) {
+                return Err(DecodeError::Reserved);
+            }
+            Record::Abort { seq, chunk, version: ChunkVersion(u64_at(bytes, 32)) }
+        }
     })
+}
+
+/// The state fields of a record that names no state (an erase).
+fn tombstone_of_nothing() -> ChunkState {
+    ChunkState {
+        version: ChunkVersion(0),
+        chain_version: ChainVersion(0),
+        len: 0,
+        crc: 0,
+        block: None,
+        serial: 0,
+    }
+}
+
+/// A tombstone from decoded state fields: only the version numbers may be set.
+fn tombstone(state: ChunkState) -> Result<Tombstone, DecodeError> {
+    if state.len != 0 || state.crc != 0 || state.block.is_some() || state.serial != 0 {
+        return Err(DecodeError::Reserved);
+    }
+    Ok(Tombstone { version: state.version, chain_version: state.chain_version })
+}
+
+/// A staged version from decoded state fields: a removal carries no data.
+fn staged(state: ChunkState, removal: bool) -> Result<Staged, DecodeError> {
+    if removal && (state.len != 0 || state.crc != 0 || state.block.is_some() || state.serial != 0) {
+        return Err(DecodeError::Reserved);
+    }
+    Ok(Staged { state, removal })
 }
 
 /// Name of the metadata log of generation `generation`.
@@ -459,14 +605,23 @@ mod tests {
             flip in 0usize..RECORD_BYTES * 8,
         ) {
             let chunk = ChunkId::new(InodeId(ids.0), ids.1);
+            let tombstone = Tombstone { version: ChunkVersion(state.version.0.max(1)), chain_version: state.chain_version };
+            let removal = ChunkState { len: 0, crc: 0, block: None, serial: 0, ..state };
             let records = [
                 Record::Header { base_seq: seq, format_version: FORMAT_VERSION, generation },
-                Record::CheckpointEntry { chunk, state },
+                Record::CheckpointEntry { chunk, entry: EntryState::Committed(state) },
+                Record::CheckpointEntry { chunk, entry: EntryState::Tombstone(tombstone) },
+                Record::CheckpointEntry { chunk, entry: EntryState::Staged(Staged { state, removal: false }) },
+                Record::CheckpointEntry { chunk, entry: EntryState::Staged(Staged { state: removal, removal: true }) },
                 Record::CheckpointEnd { base_seq: seq, entries: ids.0, next_serial: ids.1, body_crc: state.crc },
                 Record::Put { seq, chunk, state },
-                Record::Delete { seq, chunk },
+                Record::Delete { seq, chunk, tombstone: None },
+                Record::Delete { seq, chunk, tombstone: Some(tombstone) },
                 Record::Seal { seq },
                 Record::Put { seq, chunk, state: ChunkState { block: None, len: 0, ..state } },
+                Record::Stage { seq, chunk, staged: Staged { state, removal: false } },
+                Record::Stage { seq, chunk, staged: Staged { state: removal, removal: true } },
+                Record::Abort { seq, chunk, version: state.version },
             ];
             for record in records {
                 let mut bytes = encode(&record, generation);

@@ -1,7 +1,8 @@
 //! The metadata log: appending records, writing checkpoints, replaying at open.
 //!
 //! A log file (`meta-<generation>.log`) reads:
-//! `Header · CheckpointEntry* · (Put|Delete)* · CheckpointEnd · (Put|Delete|Seal)*`.
+//! `Header · CheckpointEntry* · (Put|Delete|Stage|Abort)* · CheckpointEnd ·
+//! (Put|Delete|Stage|Abort|Seal)*`.
 //! The part before `CheckpointEnd` (the body) is the state as of one moment plus the records
 //! committed while the checkpoint was being written; `CheckpointEnd` is written only after the
 //! body is durable, so a file that has it is complete. After it come the commits, each batch one
@@ -11,9 +12,10 @@
 use crate::config::COMMIT_BATCH_RECORDS_LIMIT;
 use crate::device::{Device, DeviceFile};
 use crate::format::{
-    self, ChunkState, DecodeError, FORMAT_VERSION, LOG_MAGIC, RECORD_BYTES, Record, UNIT_BYTES,
+    self, ChunkState, DecodeError, EntryState, FORMAT_VERSION, LOG_MAGIC, RECORD_BYTES, Record,
+    Staged, Tombstone, UNIT_BYTES,
 };
-use r3fs_types::ChunkId;
+use r3fs_types::{ChunkId, ChunkVersion};
 use std::collections::BTreeMap;
 use std::io;
 
@@ -99,9 +101,9 @@ impl CheckpointWriter {
     }
 
     /// Encodes the header (first call only) and checkpoint entries.
-    pub fn encode_entries<'a>(
+    pub fn encode_entries(
         &mut self,
-        entries: impl IntoIterator<Item = (&'a ChunkId, &'a ChunkState)>,
+        entries: impl IntoIterator<Item = (ChunkId, EntryState)>,
     ) -> Vec<u8> {
         let mut out = Vec::new();
         if !self.header_done {
@@ -113,9 +115,9 @@ impl CheckpointWriter {
             };
             self.encode_into(&mut out, &header);
         }
-        for (chunk, state) in entries {
+        for (chunk, entry) in entries {
             self.entries += 1;
-            self.encode_into(&mut out, &Record::CheckpointEntry { chunk: *chunk, state: *state });
+            self.encode_into(&mut out, &Record::CheckpointEntry { chunk, entry });
         }
         out
     }
@@ -124,7 +126,11 @@ impl CheckpointWriter {
     pub fn encode_committed(&mut self, records: &[Record]) -> Vec<u8> {
         let mut out = Vec::new();
         for record in records {
-            if let Record::Put { seq, .. } | Record::Delete { seq, .. } = record {
+            if let Record::Put { seq, .. }
+            | Record::Delete { seq, .. }
+            | Record::Stage { seq, .. }
+            | Record::Abort { seq, .. } = record
+            {
                 assert_eq!(*seq, self.last_seq + 1, "committed records must be contiguous");
                 self.last_seq = *seq;
             }
@@ -172,26 +178,97 @@ impl CheckpointWriter {
     }
 }
 
+/// What the log says about one chunk: its committed state or tombstone, and its staged
+/// version. Every record is a whole state of one of these parts, so replaying records on top
+/// of a checkpoint whose entries may be newer than its base seq still ends in the right state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Durable {
+    pub committed: Option<ChunkState>,
+    pub tombstone: Option<Tombstone>,
+    pub staged: Option<Staged>,
+}
+
+impl Durable {
+    /// The version that is committed here (a tombstone's included).
+    pub fn version(&self) -> ChunkVersion {
+        match (&self.committed, &self.tombstone) {
+            (Some(c), _) => c.version,
+            (None, Some(t)) => t.version,
+            (None, None) => ChunkVersion(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.committed.is_none() && self.tombstone.is_none() && self.staged.is_none()
+    }
+
+    /// A commit (or install): a staged version at or below it is done with.
+    pub fn put(&mut self, state: ChunkState) {
+        self.committed = Some(state);
+        self.tombstone = None;
+        self.staged = self.staged.filter(|s| s.state.version > state.version);
+    }
+
+    /// A removal: the tombstone, or nothing for an erase; any staged version goes too.
+    pub fn delete(&mut self, tombstone: Option<Tombstone>) {
+        self.committed = None;
+        self.tombstone = tombstone;
+        self.staged = None;
+    }
+
+    /// A new staged version replaces any other. One at or below the committed version can
+    /// only be a record replayed over a checkpoint entry that already saw its commit.
+    pub fn stage(&mut self, staged: Staged) {
+        if staged.state.version > self.version() {
+            self.staged = Some(staged);
+        }
+    }
+
+    pub fn abort(&mut self, version: ChunkVersion) {
+        if self.staged.is_some_and(|s| s.state.version == version) {
+            self.staged = None;
+        }
+    }
+
+    /// The checkpoint entries of this chunk.
+    pub fn entries(&self) -> impl Iterator<Item = EntryState> {
+        let committed = self.committed.map(EntryState::Committed);
+        let tombstone = self.tombstone.map(EntryState::Tombstone);
+        let staged = self.staged.map(EntryState::Staged);
+        committed.into_iter().chain(tombstone).chain(staged)
+    }
+
+    /// The blocks this chunk references (a staged version may share the committed block: an
+    /// in-place append or a truncation).
+    pub fn blocks(&self) -> impl Iterator<Item = format::BlockAddr> {
+        let committed = self.committed.and_then(|c| c.block);
+        let staged = self.staged.and_then(|s| s.state.block).filter(|b| Some(*b) != committed);
+        committed.into_iter().chain(staged)
+    }
+}
+
 /// The outcome of replaying one log file.
 #[derive(Debug)]
 pub struct Replayed {
-    pub chunks: BTreeMap<ChunkId, ChunkState>,
+    pub chunks: BTreeMap<ChunkId, Durable>,
     /// Seq of the next record.
     pub next_seq: u64,
     pub next_serial: u64,
     /// Bytes of valid records.
     pub valid_bytes: u64,
-    /// The puts of the last commit batch, with each chunk's state before the batch: a batch's
-    /// records are written while its block files are synced, so after a crash the last batch's
-    /// data may not have reached the disk. The opener verifies them and reverts failures.
-    pub last_batch: Vec<LastBatchPut>,
+    /// The chunks the last commit batch changed, with each one's state before the batch: a
+    /// batch's records are written while its block files are synced, so after a crash the last
+    /// batch's data may not have reached the disk. The opener verifies the states it put or
+    /// staged and reverts the chunk if one fails.
+    pub last_batch: Vec<LastBatchChange>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastBatchPut {
+pub struct LastBatchChange {
     pub chunk: ChunkId,
-    pub previous: Option<ChunkState>,
-    pub state: ChunkState,
+    pub previous: Durable,
+    /// States whose data the batch wrote (a put, a stage), to verify.
+    pub written: [Option<ChunkState>; 2],
 }
 
 #[derive(Debug)]
@@ -222,7 +299,7 @@ enum Phase {
 /// Replays log file `generation`.
 pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed, ReplayError> {
     let file_len = file.size().await.map_err(ReplayError::Io)?;
-    let mut chunks: BTreeMap<ChunkId, ChunkState> = BTreeMap::new();
+    let mut chunks: BTreeMap<ChunkId, Durable> = BTreeMap::new();
     let mut phase = Phase::Header;
     let mut last_seq = 0u64;
     let mut next_serial = 1u64;
@@ -230,8 +307,9 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
     let mut body_crc = 0u32;
     let mut valid_bytes = 0u64;
     let mut end_of_log: Option<u64> = None;
-    // Chunks changed by the current tail batch: their state before it, and the latest put.
-    let mut batch: BTreeMap<ChunkId, (Option<ChunkState>, Option<ChunkState>)> = BTreeMap::new();
+    // Chunks changed by the current tail batch: their state before it, and the latest put and
+    // stage it wrote.
+    let mut batch: BTreeMap<ChunkId, (Durable, [Option<ChunkState>; 2])> = BTreeMap::new();
     let mut offset = 0u64;
     while offset < file_len {
         let want = format::align_up((file_len - offset).min(REPLAY_READ_BYTES as u64) as usize);
@@ -247,7 +325,12 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
             let decoded = format::decode(&record_bytes, generation);
             if let Some(end) = end_of_log {
                 // Past the end: only the rest of a torn last batch may still decode.
-                if let Ok(Record::Put { seq, .. } | Record::Delete { seq, .. }) = decoded
+                if let Ok(
+                    Record::Put { seq, .. }
+                    | Record::Delete { seq, .. }
+                    | Record::Stage { seq, .. }
+                    | Record::Abort { seq, .. },
+                ) = decoded
                     && seq > last_seq
                     && at > end + TORN_WINDOW_BYTES
                 {
@@ -301,46 +384,73 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
                 (Phase::Header, other) => {
                     return Err(corrupt(format!("expected a header, found {other:?}")));
                 }
-                (Phase::Entries, Record::CheckpointEntry { chunk, state }) => {
+                (Phase::Entries, Record::CheckpointEntry { chunk, entry }) => {
                     entries += 1;
-                    next_serial = next_serial.max(state.serial + 1);
-                    if chunks.insert(chunk, state).is_some() {
+                    let durable = chunks.entry(chunk).or_default();
+                    let duplicate = match entry {
+                        EntryState::Committed(state) => {
+                            next_serial = next_serial.max(state.serial + 1);
+                            let seen = durable.committed.is_some() || durable.tombstone.is_some();
+                            durable.committed = Some(state);
+                            seen
+                        }
+                        EntryState::Tombstone(tombstone) => {
+                            let seen = durable.committed.is_some() || durable.tombstone.is_some();
+                            durable.tombstone = Some(tombstone);
+                            seen
+                        }
+                        EntryState::Staged(staged) => {
+                            next_serial = next_serial.max(staged.state.serial + 1);
+                            durable.staged.replace(staged).is_some()
+                        }
+                    };
+                    if duplicate {
                         return Err(corrupt(format!(
                             "chunk {chunk} appears twice in the checkpoint"
                         )));
                     }
                 }
-                (_, Record::Put { seq, chunk, state }) if phase != Phase::Header => {
+                (
+                    _,
+                    Record::Put { seq, chunk, .. }
+                    | Record::Delete { seq, chunk, .. }
+                    | Record::Stage { seq, chunk, .. }
+                    | Record::Abort { seq, chunk, .. },
+                ) if phase != Phase::Header => {
                     if seq != last_seq + 1 {
                         return Err(corrupt(format!("seq {seq} after seq {last_seq}")));
                     }
                     last_seq = seq;
-                    next_serial = next_serial.max(state.serial + 1);
+                    let durable = chunks.entry(chunk).or_default();
+                    let previous = *durable;
+                    let mut written = None;
+                    match record {
+                        Record::Put { state, .. } => {
+                            next_serial = next_serial.max(state.serial + 1);
+                            durable.put(state);
+                            written = Some((0, state));
+                        }
+                        Record::Delete { tombstone, .. } => durable.delete(tombstone),
+                        Record::Stage { staged, .. } => {
+                            next_serial = next_serial.max(staged.state.serial + 1);
+                            durable.stage(staged);
+                            written = Some((1, staged.state));
+                        }
+                        Record::Abort { version, .. } => durable.abort(version),
+                        _ => unreachable!("matched above"),
+                    }
+                    if durable.is_empty() {
+                        chunks.remove(&chunk);
+                    }
                     if phase == Phase::Tail {
                         if format::flags(&record_bytes) & format::FLAG_BATCH_START != 0 {
                             batch.clear();
                         }
-                        let previous = chunks.get(&chunk).copied();
-                        batch.entry(chunk).or_insert((previous, None)).1 = Some(state);
-                    }
-                    chunks.insert(chunk, state);
-                    if phase == Phase::Entries {
-                        phase = Phase::Committed;
-                    }
-                }
-                (_, Record::Delete { seq, chunk }) if phase != Phase::Header => {
-                    if seq != last_seq + 1 {
-                        return Err(corrupt(format!("seq {seq} after seq {last_seq}")));
-                    }
-                    last_seq = seq;
-                    if phase == Phase::Tail {
-                        if format::flags(&record_bytes) & format::FLAG_BATCH_START != 0 {
-                            batch.clear();
+                        let change = batch.entry(chunk).or_insert((previous, [None, None]));
+                        if let Some((i, state)) = written {
+                            change.1[i] = Some(state);
                         }
-                        let previous = chunks.get(&chunk).copied();
-                        batch.entry(chunk).or_insert((previous, None)).1 = None;
                     }
-                    chunks.remove(&chunk);
                     if phase == Phase::Entries {
                         phase = Phase::Committed;
                     }
@@ -383,10 +493,20 @@ pub async fn replay<F: DeviceFile>(file: &F, generation: u64) -> Result<Replayed
             "the file ends before the checkpoint end marker".into(),
         ));
     }
+    // Only states still live at the end need their data verified: a block the batch wrote
+    // and then dropped again may already hold another chunk's data (it was freed once the batch
+    // was durable), while a live block is never rewritten.
     let last_batch = batch
         .into_iter()
-        .filter_map(|(chunk, (previous, latest))| {
-            latest.map(|state| LastBatchPut { chunk, previous, state })
+        .filter_map(|(chunk, (previous, [put, stage]))| {
+            let now = chunks.get(&chunk).copied().unwrap_or_default();
+            let put = put.filter(|s| now.committed == Some(*s));
+            let stage = stage.filter(|s| now.staged.is_some_and(|n| n.state == *s));
+            (put.is_some() || stage.is_some()).then_some(LastBatchChange {
+                chunk,
+                previous,
+                written: [put, stage],
+            })
         })
         .collect();
     Ok(Replayed { chunks, next_seq: last_seq + 1, next_serial, valid_bytes, last_batch })

@@ -48,6 +48,7 @@ pub use alloc::SpaceStats;
 pub use config::StoreConfig;
 pub use device::{Device, DeviceFile, IoBuf};
 pub use error::{OpenError, StoreError};
+pub use format::Tombstone;
 pub use store::{
     BlockLocation, ChunkBuf, ChunkMeta, ChunkStore, CommitOutcome, CommittedMeta, Flusher,
     PendingMeta, ReadOutcome, ReadRequest, RemoveRangeOutcome, StageOutcome, StageRequest,

@@ -13,9 +13,10 @@ use crate::device::{Device, DeviceFile};
 use crate::error::{OpenError, StoreError};
 use crate::format::{
     self, BlockAddr, CLASS_BYTES_MAX, CLASS_BYTES_MIN, CLASS_COUNT, CRCS_PER_PAGE, ChunkState,
-    RECORD_BYTES, Record, SizeClass, UNIT_BYTES, UnitKey, align_up, pages_for_units, units_for,
+    EntryState, RECORD_BYTES, Record, SizeClass, Staged, Tombstone, UNIT_BYTES, UnitKey, align_up,
+    pages_for_units, units_for,
 };
-use crate::journal::{self, CheckpointWriter, LogTail, ReplayError};
+use crate::journal::{self, CheckpointWriter, Durable, LogTail, ReplayError};
 use futures::future::poll_fn;
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
 use std::cell::{RefCell, RefMut};
@@ -124,6 +125,9 @@ pub struct PendingMeta {
 pub struct ChunkMeta {
     pub chunk: ChunkId,
     pub committed: Option<CommittedMeta>,
+    /// What a committed removal left (never together with `committed`): the chunk reads as
+    /// absent, but its version lives on until the chunk is written again or removed by range.
+    pub tombstone: Option<Tombstone>,
     pub pending: Option<PendingMeta>,
 }
 
@@ -248,9 +252,42 @@ struct Pending {
     change: Change,
     /// A block allocated for this version (freed if it never commits).
     owned: Option<BlockAddr>,
+    /// Its stage record is durable (a `stage`), rather than about to be committed by the same
+    /// call (`update`, `install`), which needs no record of its own.
+    durable: bool,
 }
 
 impl Pending {
+    /// As recorded in a stage record or a checkpoint.
+    fn staged(&self) -> Staged {
+        match self.change {
+            Change::Put(state) => Staged { state, removal: false },
+            Change::Delete => Staged {
+                state: ChunkState {
+                    version: self.version,
+                    chain_version: self.chain_version,
+                    len: 0,
+                    crc: 0,
+                    block: None,
+                    serial: 0,
+                },
+                removal: true,
+            },
+        }
+    }
+
+    fn from_staged(staged: Staged, committed_block: Option<BlockAddr>) -> Pending {
+        let state = staged.state;
+        Pending {
+            version: state.version,
+            chain_version: state.chain_version,
+            change: if staged.removal { Change::Delete } else { Change::Put(state) },
+            // In place (an append, a truncation) it shares the committed block.
+            owned: state.block.filter(|b| Some(*b) != committed_block),
+            durable: true,
+        }
+    }
+
     fn meta(&self) -> PendingMeta {
         let (removal, len, crc) = match self.change {
             Change::Put(s) => (false, s.len, s.crc),
@@ -263,6 +300,8 @@ impl Pending {
 #[derive(Debug, Default)]
 struct Entry {
     committed: Option<ChunkState>,
+    /// Left by a committed removal; never together with `committed`.
+    tombstone: Option<Tombstone>,
     pending: Option<Pending>,
     /// A stage's IO is in flight.
     staging: bool,
@@ -272,7 +311,20 @@ struct Entry {
 
 impl Entry {
     fn is_empty(&self) -> bool {
-        self.committed.is_none() && self.pending.is_none() && !self.staging && !self.committing
+        self.committed.is_none()
+            && self.tombstone.is_none()
+            && self.pending.is_none()
+            && !self.staging
+            && !self.committing
+    }
+
+    /// The committed version, a tombstone's included (0 for a chunk never written).
+    fn version(&self) -> ChunkVersion {
+        match (&self.committed, &self.tombstone) {
+            (Some(c), _) => c.version,
+            (None, Some(t)) => t.version,
+            (None, None) => ChunkVersion(0),
+        }
     }
 }
 
@@ -289,7 +341,43 @@ fn chunk_meta(chunk: ChunkId, entry: &Entry) -> ChunkMeta {
     ChunkMeta {
         chunk,
         committed: entry.committed.as_ref().map(committed_meta),
+        tombstone: entry.tombstone,
         pending: entry.pending.as_ref().map(Pending::meta),
+    }
+}
+
+/// What one log record does once durable.
+#[derive(Clone, Copy, Debug)]
+enum LogOp {
+    /// The chunk's new committed state.
+    Put(ChunkState),
+    /// The committed state goes: a tombstone stays, or nothing (a removal by range). `release`:
+    /// the block of a staged version removed with it.
+    Delete { tombstone: Option<Tombstone>, release: Option<BlockAddr> },
+    /// A staged version, replacing any other.
+    Stage(Pending),
+    /// A staged version is dropped; its block is free once the record is durable.
+    Abort { version: ChunkVersion, release: Option<BlockAddr> },
+}
+
+impl LogOp {
+    /// Chunk bytes whose data the record points at (bounded per batch: replay re-verifies
+    /// them).
+    fn data_bytes(&self) -> u64 {
+        match self {
+            LogOp::Put(state) => u64::from(state.len),
+            LogOp::Stage(pending) => u64::from(pending.meta().len),
+            LogOp::Delete { .. } | LogOp::Abort { .. } => 0,
+        }
+    }
+
+    fn record(&self, seq: u64, chunk: ChunkId) -> Record {
+        match *self {
+            LogOp::Put(state) => Record::Put { seq, chunk, state },
+            LogOp::Delete { tombstone, .. } => Record::Delete { seq, chunk, tombstone },
+            LogOp::Stage(pending) => Record::Stage { seq, chunk, staged: pending.staged() },
+            LogOp::Abort { version, .. } => Record::Abort { seq, chunk, version },
+        }
     }
 }
 
@@ -297,7 +385,7 @@ fn chunk_meta(chunk: ChunkId, entry: &Entry) -> ChunkMeta {
 struct QueueItem {
     ticket: u64,
     chunk: ChunkId,
-    change: Change,
+    op: LogOp,
 }
 
 #[derive(Debug)]
@@ -352,10 +440,10 @@ impl<D: Device> Inner<D> {
         }
     }
 
-    fn enqueue(&mut self, chunk: ChunkId, change: Change) -> u64 {
+    fn enqueue(&mut self, chunk: ChunkId, op: LogOp) -> u64 {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.queue.push_back(QueueItem { ticket, chunk, change });
+        self.queue.push_back(QueueItem { ticket, chunk, op });
         self.wake_flusher();
         ticket
     }
@@ -376,25 +464,42 @@ impl<D: Device> Inner<D> {
 
     /// Applies a durable record to the in-memory state.
     fn apply(&mut self, item: &QueueItem) {
+        if let LogOp::Abort { release, .. } = item.op {
+            // The staged version left memory when it was aborted; only its block waited.
+            if let Some(block) = release {
+                self.release_block(block);
+            }
+            return;
+        }
         let Some(entry) = self.chunks.get_mut(&item.chunk) else {
             panic!("committed chunk {} has no entry", item.chunk);
         };
         assert!(entry.committing, "chunk {} applied without a queued commit", item.chunk);
         entry.committing = false;
-        let old = entry.committed.take();
-        entry.committed = match item.change {
-            Change::Put(state) => Some(state),
-            Change::Delete => None,
-        };
-        let new_block = entry.committed.and_then(|s| s.block);
-        let empty = entry.is_empty();
-        if empty {
+        let mut released = Vec::new();
+        match item.op {
+            LogOp::Stage(pending) => {
+                let replaced = entry.pending.replace(pending).and_then(|p| p.owned);
+                released.extend(replaced.filter(|b| Some(*b) != pending.owned));
+            }
+            LogOp::Put(state) => {
+                let old = entry.committed.replace(state);
+                entry.tombstone = None;
+                released.extend(old.and_then(|s| s.block).filter(|b| Some(*b) != state.block));
+            }
+            LogOp::Delete { tombstone, release } => {
+                let old = entry.committed.take();
+                entry.tombstone = tombstone;
+                released.extend(old.and_then(|s| s.block));
+                released.extend(release);
+            }
+            LogOp::Abort { .. } => unreachable!("handled above"),
+        }
+        if entry.is_empty() {
             self.chunks.remove(&item.chunk);
         }
-        if let Some(old_block) = old.and_then(|s| s.block)
-            && Some(old_block) != new_block
-        {
-            self.release_block(old_block);
+        for block in released {
+            self.release_block(block);
         }
     }
 }
@@ -734,34 +839,40 @@ impl<D: Device> ChunkStore<D> {
         // The last batch's records were written while its data was being synced: keep each
         // only if its data verifies, else fall back to the chunk's state before the batch.
         let mut replayed = replayed;
-        for put in std::mem::take(&mut replayed.last_batch) {
-            let file = &files[put.state.block.map_or(0, |b| b.class.index())];
-            let intact = verify_block(file, put.chunk, &put.state)
-                .await
-                .map_err(OpenError::io("verifying the last commit batch"))?;
+        for change in std::mem::take(&mut replayed.last_batch) {
+            let mut intact = true;
+            for state in change.written.iter().flatten() {
+                let file = &files[state.block.map_or(0, |b| b.class.index())];
+                intact &= verify_block(file, change.chunk, state)
+                    .await
+                    .map_err(OpenError::io("verifying the last commit batch"))?;
+            }
             if !intact {
                 tracing::warn!(
-                    chunk = %put.chunk,
-                    version = put.state.version.0,
+                    chunk = %change.chunk,
                     "the data of this chunk's last update never reached the disk: reverting to \
-                     the previous version"
+                     its state before that update"
                 );
-                match put.previous {
-                    Some(previous) => replayed.chunks.insert(put.chunk, previous),
-                    None => replayed.chunks.remove(&put.chunk),
-                };
+                if change.previous.is_empty() {
+                    replayed.chunks.remove(&change.chunk);
+                } else {
+                    replayed.chunks.insert(change.chunk, change.previous);
+                }
             }
         }
 
-        let used = replayed.chunks.values().filter_map(|s| s.block);
+        let used = replayed.chunks.values().flat_map(Durable::blocks);
         let mut alloc = Allocator::new(config.capacity_bytes, config.grow_bytes_max, slots, used)
             .map_err(OpenError::Corrupt)?;
-        for (chunk, state) in &replayed.chunks {
-            if state.len > 0 && state.block.is_none() {
-                return Err(OpenError::Corrupt(format!(
-                    "chunk {chunk} has {} bytes but no block",
-                    state.len
-                )));
+        for (chunk, durable) in &replayed.chunks {
+            let states = durable.committed.iter().chain(durable.staged.as_ref().map(|s| &s.state));
+            for state in states {
+                if state.len > 0 && state.block.is_none() {
+                    return Err(OpenError::Corrupt(format!(
+                        "chunk {chunk} has {} bytes but no block",
+                        state.len
+                    )));
+                }
             }
         }
 
@@ -773,7 +884,12 @@ impl<D: Device> ChunkStore<D> {
             device.open(&name, true).await.map_err(OpenError::io("creating a metadata log"))?;
         log_file.set_len(0).await.map_err(OpenError::io("resetting a metadata log"))?;
         let mut writer = CheckpointWriter::new(generation, replayed.next_seq - 1);
-        for slice in replayed.chunks.iter().collect::<Vec<_>>().chunks(COMPACTION_SLICE_ENTRIES) {
+        let entries: Vec<(ChunkId, EntryState)> = replayed
+            .chunks
+            .iter()
+            .flat_map(|(chunk, durable)| durable.entries().map(|e| (*chunk, e)))
+            .collect();
+        for slice in entries.chunks(COMPACTION_SLICE_ENTRIES) {
             let bytes = writer.encode_entries(slice.iter().copied());
             writer
                 .write(&device, &log_file, &bytes)
@@ -813,7 +929,16 @@ impl<D: Device> ChunkStore<D> {
             chunks: replayed
                 .chunks
                 .into_iter()
-                .map(|(chunk, state)| (chunk, Entry { committed: Some(state), ..Entry::default() }))
+                .map(|(chunk, durable)| {
+                    let committed_block = durable.committed.and_then(|c| c.block);
+                    let entry = Entry {
+                        committed: durable.committed,
+                        tombstone: durable.tombstone,
+                        pending: durable.staged.map(|s| Pending::from_staged(s, committed_block)),
+                        ..Entry::default()
+                    };
+                    (chunk, entry)
+                })
                 .collect(),
             alloc,
             cache: PageCache::new(config.header_cache_bytes),
@@ -864,7 +989,8 @@ impl<D: Device> ChunkStore<D> {
         let inner = self.shared.inner.borrow();
         let entry = inner.chunks.get(&chunk)?;
         let meta = chunk_meta(chunk, entry);
-        (meta.committed.is_some() || meta.pending.is_some()).then_some(meta)
+        (meta.committed.is_some() || meta.tombstone.is_some() || meta.pending.is_some())
+            .then_some(meta)
     }
 
     /// The committed chunk of `inode` with the highest index (the file's last chunk).
@@ -878,14 +1004,14 @@ impl<D: Device> ChunkStore<D> {
             .map(|(chunk, e)| chunk_meta(*chunk, e))
     }
 
-    /// Committed chunks from `start` on, in `ChunkId` order, at most `limit` (capped at
-    /// [`LIST_MAX`]).
+    /// Committed chunks and tombstones from `start` on, in `ChunkId` order, at most `limit`
+    /// (capped at [`LIST_MAX`]): resync compares both.
     pub fn list(&self, start: ChunkId, limit: usize) -> Vec<ChunkMeta> {
         let inner = self.shared.inner.borrow();
         inner
             .chunks
             .range(start..)
-            .filter(|(_, e)| e.committed.is_some())
+            .filter(|(_, e)| e.committed.is_some() || e.tombstone.is_some())
             .take(limit.min(LIST_MAX))
             .map(|(chunk, e)| chunk_meta(*chunk, e))
             .collect()
@@ -908,12 +1034,24 @@ impl<D: Device> ChunkStore<D> {
     pub fn locate(&self, chunk: ChunkId) -> Option<BlockLocation> {
         let inner = self.shared.inner.borrow();
         let addr = inner.chunks.get(&chunk)?.committed?.block?;
-        Some(BlockLocation {
+        Some(Self::location(addr))
+    }
+
+    /// Where the block of a chunk's staged version lives, when it has one of its own (not
+    /// shared with the committed version).
+    pub fn locate_pending(&self, chunk: ChunkId) -> Option<BlockLocation> {
+        let inner = self.shared.inner.borrow();
+        let addr = inner.chunks.get(&chunk)?.pending?.owned?;
+        Some(Self::location(addr))
+    }
+
+    fn location(addr: BlockAddr) -> BlockLocation {
+        BlockLocation {
             file_name: addr.class.file_name(),
             header_offset: addr.offset(),
             data_offset: addr.unit_offset(0),
             data_bytes: addr.class.data_bytes(),
-        })
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -1144,14 +1282,20 @@ impl<D: Device> ChunkStore<D> {
 
     /// Stages an update as the chunk's pending version (durable data, volatile metadata: a
     /// crash forgets it). The base of a partial update is the committed content.
+    /// Writes a pending version. Durable on return: it survives a crash (with its data) until
+    /// it is committed, aborted or replaced, so a chain replica that restarts still holds what
+    /// it may have passed on to its successor.
     pub async fn stage(&self, request: StageRequest<D::Buf>) -> Result<StageOutcome, StoreError> {
-        self.stage_inner(request, false).await
+        self.stage_inner(request, false, true).await
     }
 
+    /// `durable`: log a stage record and wait for it; without, the pending version is only in
+    /// memory (the caller commits it at once, and the commit's record covers both).
     async fn stage_inner(
         &self,
         request: StageRequest<D::Buf>,
         force: bool,
+        durable: bool,
     ) -> Result<StageOutcome, StoreError> {
         let StageRequest { chunk, version, chain_version, chunk_size, op } = request;
         validate_chunk_size(chunk_size)?;
@@ -1195,8 +1339,9 @@ impl<D: Device> ChunkStore<D> {
             if entry.staging || entry.committing {
                 return Ok(StageOutcome::Busy);
             }
-            if let Some(committed) = entry.committed.filter(|c| !force && c.version >= version) {
-                return Ok(StageOutcome::AlreadyCommitted { committed: committed.version });
+            let committed = entry.version();
+            if !force && committed.0 > 0 && committed >= version {
+                return Ok(StageOutcome::AlreadyCommitted { committed });
             }
             entry.staging = true;
             entry.committed
@@ -1222,16 +1367,40 @@ impl<D: Device> ChunkStore<D> {
                 self.stage_write(&mut guard, params, base, 0, data, crc, true).await?
             }
         };
-        let mut inner = shared.inner();
-        guard.done = true;
-        let pending = Pending { version, chain_version, change, owned };
-        let Some(entry) = inner.chunks.get_mut(&chunk) else {
-            panic!("staging chunk {chunk} lost its entry");
+        let pending = Pending { version, chain_version, change, owned, durable };
+        let ticket = {
+            let mut inner = shared.inner();
+            guard.done = true;
+            let Some(entry) = inner.chunks.get_mut(&chunk) else {
+                panic!("staging chunk {chunk} lost its entry");
+            };
+            entry.staging = false;
+            if durable {
+                // The pending version becomes visible (and replaces the old one, whose block is
+                // freed) when its record is durable. Until then the chunk is busy.
+                entry.committing = true;
+                Some(inner.enqueue(chunk, LogOp::Stage(pending)))
+            } else {
+                match entry.pending.replace(pending) {
+                    Some(old) if old.durable => {
+                        // Its stage record must not come back at the next open; its block is
+                        // free once the abort is durable. The caller's commit, queued next,
+                        // waits for both.
+                        let op = LogOp::Abort { version: old.version, release: old.owned };
+                        inner.enqueue(chunk, op);
+                    }
+                    Some(old) => {
+                        if let Some(block) = old.owned {
+                            inner.release_block(block);
+                        }
+                    }
+                    None => {}
+                }
+                None
+            }
         };
-        entry.staging = false;
-        let replaced = entry.pending.replace(pending).and_then(|p| p.owned);
-        if let Some(old) = replaced {
-            inner.release_block(old);
+        if let Some(ticket) = ticket {
+            self.wait_applied(ticket).await?;
         }
         Ok(StageOutcome::Staged(pending.meta()))
     }
@@ -1588,7 +1757,7 @@ impl<D: Device> ChunkStore<D> {
             if entry.staging || entry.committing {
                 return Ok(CommitOutcome::Busy);
             }
-            let committed = entry.committed.map(|c| c.version).filter(|v| *v >= version);
+            let committed = Some(entry.version()).filter(|v| v.0 > 0 && *v >= version);
             let pending = match entry.pending {
                 Some(p) if p.version == version => p,
                 Some(p) => {
@@ -1606,7 +1775,17 @@ impl<D: Device> ChunkStore<D> {
             };
             entry.pending = None;
             entry.committing = true;
-            (inner.enqueue(chunk, pending.change), pending.change)
+            let op = match pending.change {
+                Change::Put(state) => LogOp::Put(state),
+                Change::Delete => LogOp::Delete {
+                    tombstone: Some(Tombstone {
+                        version: pending.version,
+                        chain_version: pending.chain_version,
+                    }),
+                    release: None,
+                },
+            };
+            (inner.enqueue(chunk, op), pending.change)
         };
         self.wait_applied(ticket).await?;
         Ok(CommitOutcome::Committed(match change {
@@ -1640,7 +1819,7 @@ impl<D: Device> ChunkStore<D> {
         chunk: ChunkId,
         version: ChunkVersion,
     ) -> Result<UpdateOutcome, StoreError> {
-        match self.stage_inner(request, force).await? {
+        match self.stage_inner(request, force, false).await? {
             StageOutcome::Busy => Ok(UpdateOutcome::Busy),
             StageOutcome::AlreadyCommitted { committed } => {
                 Ok(UpdateOutcome::AlreadyCommitted { committed })
@@ -1658,21 +1837,40 @@ impl<D: Device> ChunkStore<D> {
         }
     }
 
-    /// Drops a staged version. Returns whether one was dropped.
-    pub fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> bool {
-        let mut inner = self.shared.inner();
-        let Some(entry) = inner.chunks.get_mut(&chunk) else { return false };
-        if entry.staging || entry.pending.map(|p| p.version) != Some(version) {
-            return false;
+    /// Drops a staged version. Returns whether one was dropped; durable on return (a crash
+    /// afterwards does not bring it back).
+    pub async fn abort(&self, chunk: ChunkId, version: ChunkVersion) -> Result<bool, StoreError> {
+        let ticket = {
+            let mut inner = self.shared.inner();
+            if let Some(why) = &inner.failed {
+                return Err(StoreError::Failed(why.clone()));
+            }
+            let Some(entry) = inner.chunks.get_mut(&chunk) else { return Ok(false) };
+            if entry.staging
+                || entry.committing
+                || entry.pending.map(|p| p.version) != Some(version)
+            {
+                return Ok(false);
+            }
+            let Some(pending) = entry.pending.take() else { return Ok(false) };
+            if entry.is_empty() {
+                inner.chunks.remove(&chunk);
+            }
+            if pending.durable {
+                // Its block is free only once the abort is durable: until then the stage
+                // record still points at it.
+                Some(inner.enqueue(chunk, LogOp::Abort { version, release: pending.owned }))
+            } else {
+                if let Some(block) = pending.owned {
+                    inner.release_block(block);
+                }
+                None
+            }
+        };
+        if let Some(ticket) = ticket {
+            self.wait_applied(ticket).await?;
         }
-        let owned = entry.pending.take().and_then(|p| p.owned);
-        if entry.is_empty() {
-            inner.chunks.remove(&chunk);
-        }
-        if let Some(block) = owned {
-            inner.release_block(block);
-        }
-        true
+        Ok(true)
     }
 
     /// Removes the chunks of `inode` with index in `indexes` (committed and staged alike), at
@@ -1708,18 +1906,14 @@ impl<D: Device> ChunkStore<D> {
                     outcome.busy.push(chunk);
                     continue;
                 }
-                let owned = entry.pending.take().and_then(|p| p.owned);
+                // Everything goes, durably: committed state, tombstone and staged version (whose
+                // block is free once the record is).
+                let release = entry.pending.take().and_then(|p| p.owned);
                 let has_committed = entry.committed.is_some();
+                entry.committing = true;
+                let op = LogOp::Delete { tombstone: None, release };
+                last_ticket = Some(inner.enqueue(chunk, op));
                 if has_committed {
-                    entry.committing = true;
-                } else {
-                    inner.chunks.remove(&chunk);
-                }
-                if let Some(block) = owned {
-                    inner.release_block(block);
-                }
-                if has_committed {
-                    last_ticket = Some(inner.enqueue(chunk, Change::Delete));
                     outcome.removed += 1;
                 }
             }
@@ -1895,10 +2089,7 @@ impl<D: Device> ChunkStore<D> {
         let mut take = 0;
         let mut bytes = 0u64;
         for item in &inner.queue {
-            let len = match item.change {
-                Change::Put(state) => u64::from(state.len),
-                Change::Delete => 0,
-            };
+            let len = item.op.data_bytes();
             if take == records_max || (take > 0 && bytes + len > bytes_max) {
                 break;
             }
@@ -1935,10 +2126,7 @@ impl<D: Device> ChunkStore<D> {
             for (i, item) in batch.items.iter().enumerate() {
                 let seq = inner.next_seq;
                 inner.next_seq += 1;
-                let record = match item.change {
-                    Change::Put(state) => Record::Put { seq, chunk: item.chunk, state },
-                    Change::Delete => Record::Delete { seq, chunk: item.chunk },
-                };
+                let record = item.op.record(seq, item.chunk);
                 let flags = if i == 0 { format::FLAG_BATCH_START } else { 0 };
                 encoded.extend_from_slice(&format::encode_flagged(
                     &record,
@@ -2082,17 +2270,25 @@ impl<D: Device> ChunkStore<D> {
                 let mut entries = Vec::with_capacity(COMPACTION_SLICE_ENTRIES);
                 let mut scanned_all = true;
                 for (chunk, entry) in inner.chunks.range((start, Bound::Unbounded)) {
-                    if entries.len() == COMPACTION_SLICE_ENTRIES {
+                    if entries.len() >= COMPACTION_SLICE_ENTRIES {
                         scanned_all = false;
                         break;
                     }
                     compaction.cursor = Some(*chunk);
-                    if let Some(state) = &entry.committed {
-                        entries.push((*chunk, *state));
+                    if let Some(state) = entry.committed {
+                        entries.push((*chunk, EntryState::Committed(state)));
+                    }
+                    if let Some(tombstone) = entry.tombstone {
+                        entries.push((*chunk, EntryState::Tombstone(tombstone)));
+                    }
+                    // Only staged versions whose record is durable: one staged by `update` or
+                    // `install` is about to be committed by a record this checkpoint keeps.
+                    if let Some(pending) = entry.pending.filter(|p| p.durable) {
+                        entries.push((*chunk, EntryState::Staged(pending.staged())));
                     }
                 }
                 compaction.scanned = scanned_all;
-                let bytes = compaction.writer.encode_entries(entries.iter().map(|(c, s)| (c, s)));
+                let bytes = compaction.writer.encode_entries(entries);
                 // The writer's tail moves with the write; take it out for the await.
                 let writer = std::mem::replace(&mut compaction.writer, CheckpointWriter::new(0, 0));
                 (bytes, writer)

@@ -6,8 +6,10 @@
 //!
 //! After every power cut the store must reopen and every chunk must be at its acknowledged
 //! state, except the chunks of the one operation in flight, which may be at their old or their
-//! new state (never anything else). Space accounting must then match the live chunks exactly
-//! (no leaked blocks).
+//! new state (never anything else). The same holds for staged (pending) versions, which are
+//! durable once `stage` returns (a chain replica that restarts still holds them), and for the
+//! tombstone (version) a committed removal leaves. Space accounting must then match the live
+//! chunks' blocks, committed and staged, exactly (no leaked blocks).
 
 #![allow(clippy::unwrap_used)]
 
@@ -97,6 +99,12 @@ struct Run {
     model: HashMap<ChunkId, Vec<u8>>,
     /// Staged (pending) versions the store should hold: chunk -> (version, content if committed).
     staged: HashMap<ChunkId, (u64, Content)>,
+    /// Versions left by committed removals (a removal by range leaves none).
+    tombstones: HashMap<ChunkId, u64>,
+    /// What the operation being applied does to tombstones once acknowledged.
+    new_tombstones: Vec<(ChunkId, Option<u64>)>,
+    /// The staged version the operation being applied tries to write.
+    attempted_stage: Option<(ChunkId, (u64, Content))>,
     version: u64,
 }
 
@@ -117,10 +125,28 @@ impl Run {
         };
     }
 
+    /// The effect on the model of an acknowledged operation: new contents, then tombstones.
+    fn settle(&mut self, touched: &[(ChunkId, Content)], tombstones: &[(ChunkId, Option<u64>)]) {
+        for (c, content) in touched {
+            self.set(*c, content.clone());
+            if content.is_some() {
+                self.tombstones.remove(c);
+            }
+        }
+        for (c, tombstone) in tombstones {
+            match tombstone {
+                Some(version) => self.tombstones.insert(*c, *version),
+                None => self.tombstones.remove(c),
+            };
+        }
+    }
+
     /// Runs one operation. Returns the chunks it may have changed with their new content, and
-    /// whether it was acknowledged.
+    /// whether it was acknowledged. Tombstones it leaves go to `self.new_tombstones`.
     fn apply(&mut self, op: &Op) -> (Vec<(ChunkId, Content)>, Result<(), StoreError>) {
         let store = self.h.store();
+        self.new_tombstones.clear();
+        self.attempted_stage = None;
         match *op {
             Op::Write { chunk: i, offset, len, aligned, seed } => {
                 let (c, size) = chunk_of(i);
@@ -178,6 +204,7 @@ impl Run {
                     chunk_size: size,
                     op: UpdateOp::Remove,
                 };
+                self.new_tombstones.push((c, Some(version)));
                 let result = self.h.run(store.update(request));
                 (vec![(c, None)], expect_committed(result))
             }
@@ -188,6 +215,7 @@ impl Run {
                     .collect();
                 for (c, _) in &touched {
                     self.staged.remove(c);
+                    self.new_tombstones.push((*c, None));
                 }
                 let result = self.h.run(store.remove_range(InodeId(inode), start..end));
                 let result = result.map(|outcome| {
@@ -206,6 +234,7 @@ impl Run {
                 let new = written(&self.content(c), offset, &data);
                 let version = self.next_version();
                 let request = write_request(&store, c, version, size, offset, &data);
+                self.attempted_stage = Some((c, (version, Some(new.clone()))));
                 let result = self.h.run(store.stage(request));
                 let result = result.map(|outcome| {
                     assert!(matches!(outcome, StageOutcome::Staged(_)), "{outcome:?}");
@@ -222,14 +251,18 @@ impl Run {
                 let result = result.map(|outcome| {
                     assert!(matches!(outcome, CommitOutcome::Committed(_)), "{outcome:?}");
                 });
+                if content.is_none() {
+                    self.new_tombstones.push((c, Some(version)));
+                }
                 (vec![(c, content)], result)
             }
             Op::Abort { chunk: i } => {
                 let (c, _) = chunk_of(i);
-                if let Some((version, _)) = self.staged.remove(&c) {
-                    assert!(store.abort(c, ChunkVersion(version)));
-                }
-                (Vec::new(), Ok(()))
+                let Some((version, _)) = self.staged.remove(&c) else {
+                    return (Vec::new(), Ok(()));
+                };
+                let result = self.h.run(store.abort(c, ChunkVersion(version)));
+                (Vec::new(), result.map(|dropped| assert!(dropped)))
             }
             Op::Read { chunk: i, offset, len } => {
                 let (c, size) = chunk_of(i);
@@ -261,9 +294,9 @@ impl Run {
             Op::Reopen => {
                 if !self.h.disk.crash_armed() {
                     self.h.close_and_reopen();
-                    // Staged versions are volatile: a reopen forgets them.
-                    self.staged.clear();
-                    self.check_all(&[]);
+                    // Staged versions are durable: a reopen keeps them.
+                    let staged = self.staged.clone();
+                    self.check_all(&[], &staged);
                 }
                 (Vec::new(), Ok(()))
             }
@@ -272,10 +305,17 @@ impl Run {
     }
 
     /// Every chunk at its model state (or, for `uncertain` ones, at one of two states, which
-    /// then becomes the model), metadata consistent, no leaked space.
-    fn check_all(&mut self, uncertain: &[(ChunkId, Content)]) {
+    /// then becomes the model), metadata consistent, no leaked space. Staged versions: each
+    /// chunk's is the model's, or the one in `staged_before` (the state before the operation a
+    /// power cut interrupted); whichever it is becomes the model.
+    fn check_all(
+        &mut self,
+        uncertain: &[(ChunkId, Content)],
+        staged_before: &HashMap<ChunkId, (u64, Content)>,
+    ) {
         let store = self.h.store();
         let mut used = 0;
+        let mut blocks = std::collections::BTreeSet::new();
         for i in 0..CHUNKS.len() {
             let (c, _) = chunk_of(i);
             let actual: Content = match self.h.run(read_all(&store, c)) {
@@ -302,8 +342,55 @@ impl Run {
                 assert_eq!(meta.len as usize, bytes.len());
                 assert_eq!(meta.crc, crc32c::crc32c(bytes));
             }
-            if let Some(location) = store.locate(c) {
-                used += SizeClass::for_len(location.data_bytes).unwrap().stride_bytes();
+            // A removed chunk keeps its version in a tombstone, across crashes too.
+            let tombstone = store.metadata(c).and_then(|m| m.tombstone).map(|t| t.version.0);
+            if actual.is_some() {
+                assert_eq!(tombstone, None, "chunk {c}: data and a tombstone");
+                self.tombstones.remove(&c);
+            } else if uncertain.iter().any(|(u, _)| *u == c) {
+                match tombstone {
+                    Some(version) => self.tombstones.insert(c, version),
+                    None => self.tombstones.remove(&c),
+                };
+            } else {
+                assert_eq!(tombstone, self.tombstones.get(&c).copied(), "chunk {c}: tombstone");
+            }
+            // The staged version survives, bytes and all.
+            let pending = store.metadata(c).and_then(|m| m.pending);
+            let now = self.staged.get(&c).cloned();
+            let before = staged_before.get(&c).cloned();
+            // A stage a power cut interrupted may have become durable without an answer.
+            let attempted = self.attempted_stage.clone().filter(|(a, _)| *a == c).map(|(_, s)| s);
+            let found = match pending {
+                None => None,
+                Some(p) => {
+                    let staged_bytes = self
+                        .h
+                        .run(store.read_pending(c, 0, p.len))
+                        .unwrap_or_else(|e| panic!("chunk {c}: staged version unreadable: {e}"))
+                        .map(|read| read.data().to_vec());
+                    let content = if p.removal { None } else { staged_bytes };
+                    if let Some(bytes) = &content {
+                        assert_eq!(p.crc, crc32c::crc32c(bytes), "chunk {c}: staged crc");
+                    }
+                    Some((p.version.0, content))
+                }
+            };
+            assert!(
+                found == now || found == before || (found.is_some() && found == attempted),
+                "chunk {c}: staged version {:?}, expected {:?} or {:?}",
+                found.as_ref().map(|f| f.0),
+                now.as_ref().map(|n| n.0),
+                before.as_ref().map(|b| b.0)
+            );
+            match found {
+                Some(found) => self.staged.insert(c, found),
+                None => self.staged.remove(&c),
+            };
+            for location in [store.locate(c), store.locate_pending(c)].into_iter().flatten() {
+                if blocks.insert((location.file_name.clone(), location.header_offset)) {
+                    used += SizeClass::for_len(location.data_bytes).unwrap().stride_bytes();
+                }
             }
         }
         let space = store.space();
@@ -326,35 +413,41 @@ fn run_model(seed: u64, ops: &[Op]) {
         ),
         model: HashMap::new(),
         staged: HashMap::new(),
+        tombstones: HashMap::new(),
+        new_tombstones: Vec::new(),
+        attempted_stage: None,
         version: 0,
     };
     for op in ops {
         let crashes = run.h.disk.crashes();
+        let staged_before = run.staged.clone();
         let (touched, result) = run.apply(op);
         let crashed = run.h.disk.crashes() > crashes;
-        match (result, crashed) {
+        let acknowledged = match (result, crashed) {
             (Ok(()), _) => {
-                for (c, content) in &touched {
-                    run.set(*c, content.clone());
-                }
+                let tombstones = std::mem::take(&mut run.new_tombstones);
+                run.settle(&touched, &tombstones);
+                true
             }
-            (Err(_), true) => {}
+            (Err(_), true) => false,
             (Err(e), false) => panic!("{op:?} failed without a crash: {e}"),
-        }
+        };
         if crashed {
-            run.staged.clear();
             if let Err(e) = run.h.reopen() {
                 panic!("reopen after a power cut during {op:?} failed: {e}");
             }
-            // An acknowledged op is certain; an interrupted one may have landed or not.
-            let uncertain = if run.model_matches(&touched) { Vec::new() } else { touched };
-            run.check_all(&uncertain);
+            // An acknowledged op is certain; an interrupted one may have landed or not, and so
+            // may the staged versions it added, committed or dropped.
+            let uncertain =
+                if acknowledged && run.model_matches(&touched) { Vec::new() } else { touched };
+            let staged_before = if acknowledged { run.staged.clone() } else { staged_before };
+            run.check_all(&uncertain, &staged_before);
         }
     }
     if !run.h.disk.crash_armed() {
         run.h.close_and_reopen();
-        run.staged.clear();
-        run.check_all(&[]);
+        let staged = run.staged.clone();
+        run.check_all(&[], &staged);
     }
 }
 

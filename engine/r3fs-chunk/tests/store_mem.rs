@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use r3fs_chunk::format::SizeClass;
 use r3fs_chunk::mem::MemDiskOptions;
 use r3fs_chunk::{
     CommitOutcome, ReadRequest, StageOutcome, StageRequest, StoreConfig, StoreError, UpdateOp,
@@ -427,7 +428,7 @@ fn busy_and_abort() {
     let (a, b) = h.run(futures::future::join(store.stage(first), store.stage(second)));
     assert!(matches!(a.unwrap(), StageOutcome::Staged(_)));
     assert_eq!(b.unwrap(), StageOutcome::Busy, "one update of a chunk at a time");
-    assert!(store.abort(c, ChunkVersion(1)));
+    assert!(h.run(store.abort(c, ChunkVersion(1))).unwrap());
     assert!(store.metadata(c).is_none());
     assert_eq!(store.space().used_bytes, 0, "an aborted stage frees its block");
     assert_eq!(h.run(store.commit(c, ChunkVersion(1))).unwrap(), CommitOutcome::NotStaged);
@@ -542,4 +543,136 @@ fn pending_versions_can_be_listed_and_read() {
     h.run(store.commit(c, ChunkVersion(2))).unwrap();
     assert!(store.list_staged(chunk(0, 0), 10).is_empty());
     assert_eq!(h.run(read_all(&store, c)).unwrap(), expected);
+}
+
+/// A staged version is durable once `stage` returns: after a power cut the store still holds
+/// it, bytes and all, and can commit it (simulator finding 4: a chain head that crashed holding
+/// a version its tail had already committed must not come back without it).
+#[test]
+fn a_staged_version_survives_a_power_cut_and_commits_after_it() {
+    let mut h = harness(21);
+    let store = h.store();
+    let (c, in_place, removed) = (chunk(9, 0), chunk(9, 1), chunk(9, 2));
+    let v1 = bytes(1, 8192);
+    h.run(write(&store, c, 1, 256 * KIB, 0, &v1)).unwrap();
+    h.run(write(&store, in_place, 1, 256 * KIB, 0, &v1)).unwrap();
+    h.run(write(&store, removed, 1, 256 * KIB, 0, &v1)).unwrap();
+    let v2 = bytes(2, 70_000);
+    let request = StageRequest {
+        chunk: c,
+        version: ChunkVersion(2),
+        chain_version: ChainVersion(4),
+        chunk_size: 256 * KIB,
+        op: UpdateOp::Replace { data: buf(&store, &v2), crc: crc32c::crc32c(&v2) },
+    };
+    assert!(matches!(h.run(store.stage(request)).unwrap(), StageOutcome::Staged(_)));
+    // An aligned append is staged in place, in the committed block.
+    let tail = bytes(3, 4096);
+    let request = write_request(&store, in_place, 2, 256 * KIB, 8192, &tail);
+    assert!(matches!(h.run(store.stage(request)).unwrap(), StageOutcome::Staged(_)));
+    let request = StageRequest {
+        chunk: removed,
+        version: ChunkVersion(2),
+        chain_version: ChainVersion(4),
+        chunk_size: 256 * KIB,
+        op: UpdateOp::Remove,
+    };
+    assert!(matches!(h.run(store.stage(request)).unwrap(), StageOutcome::Staged(_)));
+    let used = store.space().used_bytes;
+    h.disk.crash();
+    h.reopen().unwrap();
+    let store = h.store();
+    assert_eq!(store.space().used_bytes, used, "staged blocks are neither freed nor leaked");
+    let meta = store.metadata(c).unwrap();
+    assert_eq!(meta.committed.unwrap().version, ChunkVersion(1));
+    let pending = meta.pending.expect("the staged version survived");
+    assert_eq!((pending.version, pending.chain_version), (ChunkVersion(2), ChainVersion(4)));
+    assert_eq!((pending.len, pending.crc), (70_000, crc32c::crc32c(&v2)));
+    let read = h.run(store.read_pending(c, 0, 70_000)).unwrap().expect("staged bytes");
+    assert_eq!(read.data(), &v2[..]);
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), v1, "readers still see the committed one");
+    let appended = store.metadata(in_place).unwrap().pending.expect("the in-place stage survived");
+    assert_eq!(appended.len, 8192 + 4096);
+    assert!(store.metadata(removed).unwrap().pending.expect("the staged removal survived").removal);
+    // Each commits after the restart as it would have before.
+    h.run(store.commit(c, ChunkVersion(2))).unwrap();
+    h.run(store.commit(in_place, ChunkVersion(2))).unwrap();
+    h.run(store.commit(removed, ChunkVersion(2))).unwrap();
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), v2);
+    assert_eq!(h.run(read_all(&store, in_place)).unwrap(), [&v1[..], &tail[..]].concat());
+    assert!(matches!(h.run(read_all(&store, removed)), Err(StoreError::ChunkNotFound(_))));
+    // Aborted and replaced staged versions do not come back.
+    let request = write_request(&store, c, 3, 256 * KIB, 0, &bytes(4, 100));
+    h.run(store.stage(request)).unwrap();
+    assert!(h.run(store.abort(c, ChunkVersion(3))).unwrap());
+    let request = write_request(&store, in_place, 3, 256 * KIB, 0, &bytes(5, 100));
+    h.run(store.stage(request)).unwrap();
+    h.run(write(&store, in_place, 4, 256 * KIB, 0, &bytes(6, 100))).unwrap();
+    h.disk.crash();
+    h.reopen().unwrap();
+    let store = h.store();
+    assert!(store.metadata(c).unwrap().pending.is_none(), "an abort is durable");
+    assert!(store.metadata(in_place).unwrap().pending.is_none(), "a replaced stage is gone");
+    assert_eq!(store.metadata(in_place).unwrap().committed.unwrap().version, ChunkVersion(4));
+}
+
+/// A committed removal leaves a durable tombstone: after a power cut the chunk is still absent,
+/// its version is kept (versions never go back), and its block is free. A removal by range
+/// erases the tombstone too.
+#[test]
+fn a_removal_survives_a_power_cut_as_a_tombstone() {
+    let mut h = harness(22);
+    let store = h.store();
+    let (c, other) = (chunk(11, 0), chunk(11, 1));
+    h.run(write(&store, c, 5, 256 * KIB, 0, &bytes(1, 100_000))).unwrap();
+    h.run(write(&store, other, 1, 64 * KIB, 0, &bytes(2, 10))).unwrap();
+    let used_other = {
+        let location = store.locate(other).unwrap();
+        SizeClass::for_len(location.data_bytes).unwrap().stride_bytes()
+    };
+    let request = StageRequest {
+        chunk: c,
+        version: ChunkVersion(6),
+        chain_version: ChainVersion(2),
+        chunk_size: 256 * KIB,
+        op: UpdateOp::Remove,
+    };
+    assert_eq!(h.run(store.update(request)).unwrap(), UpdateOutcome::Committed(None));
+    h.disk.crash();
+    h.reopen().unwrap();
+    let store = h.store();
+    assert!(matches!(h.run(read_all(&store, c)), Err(StoreError::ChunkNotFound(_))));
+    let meta = store.metadata(c).expect("the tombstone is kept");
+    assert!(meta.committed.is_none() && meta.pending.is_none());
+    let tombstone = meta.tombstone.expect("tombstone");
+    assert_eq!((tombstone.version, tombstone.chain_version), (ChunkVersion(6), ChainVersion(2)));
+    assert_eq!(store.space().used_bytes, used_other, "the removed chunk's block is free");
+    assert!(store.list(chunk(11, 0), 10).iter().any(|m| m.chunk == c), "resync lists it");
+    assert_eq!(store.last_chunk(InodeId(11)).unwrap().chunk, other, "not a file's last chunk");
+    // Versions never go back: an older write is refused, a newer one recreates the chunk.
+    let stale = h.run(write(&store, c, 6, 256 * KIB, 0, &bytes(3, 10))).unwrap();
+    assert_eq!(stale, UpdateOutcome::AlreadyCommitted { committed: ChunkVersion(6) });
+    h.run(write(&store, c, 7, 256 * KIB, 0, &bytes(3, 10))).unwrap();
+    assert!(store.metadata(c).unwrap().tombstone.is_none());
+    // Remove again, compact (the checkpoint carries the tombstone), crash, reopen.
+    let request = StageRequest {
+        chunk: c,
+        version: ChunkVersion(8),
+        chain_version: ChainVersion(2),
+        chunk_size: 256 * KIB,
+        op: UpdateOp::Remove,
+    };
+    h.run(store.update(request)).unwrap();
+    h.run(store.compact()).unwrap();
+    h.disk.crash();
+    h.reopen().unwrap();
+    let store = h.store();
+    assert_eq!(store.metadata(c).unwrap().tombstone.unwrap().version, ChunkVersion(8));
+    // A removal by range (a deleted file) erases everything, durably.
+    h.run(store.remove_range(InodeId(11), 0..2)).unwrap();
+    h.disk.crash();
+    h.reopen().unwrap();
+    let store = h.store();
+    assert!(store.metadata(c).is_none() && store.metadata(other).is_none());
+    assert_eq!(store.space().used_bytes, 0);
 }
