@@ -91,8 +91,14 @@ impl<D: Device> TargetStore<D> {
                 removed: false,
                 tag: self.tag(chunk, c.version),
             },
-            None => match self.tombstones.borrow().get(&chunk) {
-                Some(&(version, chain_version)) => ChunkState {
+            // The store keeps committed removals as durable tombstones (r3fs-chunk); the
+            // in-memory map still covers resync's tombstone installs.
+            None => match meta
+                .and_then(|m| m.tombstone)
+                .map(|t| (t.version, t.chain_version))
+                .or_else(|| self.tombstones.borrow().get(&chunk).copied())
+            {
+                Some((version, chain_version)) => ChunkState {
                     version,
                     chain_version,
                     tag: self.tag(chunk, version),
@@ -220,7 +226,7 @@ impl<D: Device> TargetStore<D> {
             && !(expected.same_content(&actual) && expected.version == write.version)
         {
             // The contract: a diverging write leaves nothing behind.
-            self.store.abort(chunk, write.version);
+            self.store.abort(chunk, write.version).await.map_err(io_error)?;
             return Err(StoreError::Diverged { chunk, expected, actual });
         }
         if let Some(tag) = write.tag {
