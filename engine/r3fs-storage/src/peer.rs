@@ -527,8 +527,10 @@ impl PeerHead {
                 let after = r.opt_chunk()?;
                 let more = r.bool()?;
                 let count = r.u32()? as usize;
-                // Each entry takes at least 16 + 46 + 1 bytes: bound the allocation by what is there.
-                if count > r.0.len() / 63 {
+                // Each entry takes at least 16 (chunk) + 42 (committed state: 21 + a 21-byte tag
+                // slot) + 1 (no pending) bytes: bound the allocation by what is there. (63 refused
+                // real replies of many entries without a pending state, which stalled resync.)
+                if count > r.0.len() / 59 {
                     return Err(PeerFrameError::Malformed("meta count exceeds the message"));
                 }
                 let mut metas = Vec::with_capacity(count);
@@ -693,6 +695,22 @@ mod tests {
         round_trip(PeerMessage::SyncAck { chain: c, chain_version: v, chunk: chunk() });
         round_trip(PeerMessage::SyncDone { chain: c, chain_version: v });
         round_trip(PeerMessage::SyncDoneAck { chain: c, chain_version: v });
+    }
+
+    /// A resync page of many entries without a pending state (the common case after a restart)
+    /// is the smallest a valid reply gets per entry: the decoder's allocation bound must accept it.
+    #[test]
+    fn a_long_dump_meta_reply_of_minimal_entries_round_trips() {
+        let metas = (0..1000)
+            .map(|_| ChunkMeta { chunk: chunk(), committed: state(2), pending: None })
+            .collect();
+        round_trip(PeerMessage::DumpMetaReply {
+            chain: ChainId(5),
+            chain_version: ChainVersion(6),
+            after: None,
+            metas,
+            more: false,
+        });
     }
 
     #[test]
