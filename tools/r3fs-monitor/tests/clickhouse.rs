@@ -119,6 +119,7 @@ async fn an_outage_costs_at_most_the_buffer_bound() {
     assert_eq!(inserted, 8);
     assert_eq!(clickhouse.query("SELECT count() FROM r3fs_test.samples").trim(), "8");
     // The four dropped were instance a's oldest samples.
-    let a = clickhouse.query("SELECT groupArray(value) FROM r3fs_test.samples WHERE instance = 'a'");
+    let a =
+        clickhouse.query("SELECT groupArray(value) FROM r3fs_test.samples WHERE instance = 'a'");
     assert_eq!(a.trim(), "[4,5]");
 }
