@@ -21,9 +21,9 @@ pub enum PlantedBug {
     /// serving (what engine/r3fs-storage does when its restart beats mgmtd's heartbeat timeout),
     /// instead of reporting them offline until mgmtd took them out.
     RejoinServing,
-    /// A crash forgets every pending (staged) version, as engine/r3fs-chunk's contract says
-    /// today. The CRAQ recovery rules need pending versions to survive: a head that comes back
-    /// as the last serving target rolls them forward.
+    /// A crash forgets every pending (staged) version, as engine/r3fs-chunk's contract said
+    /// before its stage records. The CRAQ recovery rules need pending versions to survive: a
+    /// head that comes back as the last serving target rolls them forward.
     ForgetStaged,
     /// A storage daemon cut off from mgmtd keeps serving reads at its old chain version (what
     /// engine/r3fs-storage does today: its heartbeat fence refuses only writes).
@@ -32,10 +32,11 @@ pub enum PlantedBug {
     /// r3fs-mgmtd does today: heartbeats carry no chain version), so a delayed claim from an
     /// earlier resync can make a target serve that missed writes since.
     UnversionedClaims,
-    /// A replica that was serving and receives a routing where it syncs or waits keeps its work
-    /// (what r3fs-craq does today: it fences only on offline / last-serving). Such a jump means
-    /// it missed the chain version that took it out, so its in-flight updates are stale; the
-    /// simulated daemon replaces the replica instead.
+    /// A replica that was serving and receives a routing where it syncs keeps its work (what
+    /// r3fs-craq did before 0320f9e: it fenced only on offline / last-serving). Such a jump means
+    /// it missed the chain version that took it out, so its in-flight updates are stale. Planted
+    /// at the edge: the daemon shows the replica its own state as still serving, so the replica
+    /// acts as the tail it would have taken itself for.
     MissedOffline,
 }
 

@@ -5,9 +5,9 @@
 //! after a crash every chunk is at its old or its new committed state. Ops are atomic, so a write
 //! torn by the crash is one that did not happen (the real store detects the torn record by its
 //! checksum and drops it): the simulator decides, per op in flight at the crash, whether it
-//! landed. Pending (staged) versions survive a crash by default, as CRAQ's recovery rules need
-//! (docs/design/simulation.md, "Storage"); r3fs-chunk forgets them today, which
-//! [`SimStore::forget_staged`] reproduces for the `forget-staged` planted bug.
+//! landed. Pending (staged) versions survive a crash, as CRAQ's recovery rules need and as
+//! r3fs-chunk's stage records make them (docs/design/chunk-store.md); r3fs-chunk forgot them
+//! before, which [`SimStore::forget_staged`] reproduces for the `forget-staged` planted bug.
 
 use bytes::Bytes;
 use r3fs_craq::{
@@ -60,7 +60,7 @@ impl SimStore {
             .collect()
     }
 
-    /// A crash under r3fs-chunk's current contract: every pending version is forgotten;
+    /// A crash under r3fs-chunk's old contract: every pending version is forgotten;
     /// committed state stays. A chunk that never committed anything vanishes.
     pub fn forget_staged(&mut self) {
         let kept = self.committed_chunks();

@@ -283,15 +283,24 @@ impl World {
             .as_ref()
             .and_then(|r| r.view())
             .is_some_and(|v| v.state == Some(PublicTargetState::Serving));
-        let jumped = was_serving
-            && matches!(state, Some(PublicTargetState::Syncing | PublicTargetState::Waiting));
-        if jumped && self.config.plant_bug != Some(PlantedBug::MissedOffline) {
-            // Serving never turns into syncing or waiting directly: the replica missed the chain
-            // version that took it out, so whatever it holds in flight is stale.
-            debug!(target: "r3fs_sim", step = self.step, %target, ?state, "missed an offline version; replica replaced");
-            self.stats.replicas_fenced += 1;
-            return self.replace_replica(target);
-        }
+        // Serving never turns into syncing directly: the replica missed the chain version that
+        // took it out. r3fs-craq fences itself then (and the daemon replaces it, below through
+        // `Output::Fenced`); the planted bug hides the jump from the replica by showing it its
+        // old state, which is what craq did before it checked (it committed its in-flight
+        // write alone as the syncing tail).
+        let hidden_jump = self.config.plant_bug == Some(PlantedBug::MissedOffline)
+            && was_serving
+            && state == Some(PublicTargetState::Syncing);
+        let handed = if hidden_jump {
+            debug!(target: "r3fs_sim", step = self.step, %target, "planted bug: the jump to syncing is hidden from the replica");
+            let mut shown = routing.clone();
+            for t in shown.targets.iter_mut().filter(|t| t.target == target) {
+                t.state = PublicTargetState::Serving;
+            }
+            shown
+        } else {
+            routing.clone()
+        };
         let host = self.targets.get_mut(&target).expect("hosted target");
         if host.recovering {
             if matches!(state, Some(PublicTargetState::Serving | PublicTargetState::Syncing)) {
@@ -307,7 +316,7 @@ impl World {
             Some(PublicTargetState::Syncing) => {}
             _ => host.claims_up_to_date = None,
         }
-        self.drive(target, Input::Routing(routing));
+        self.drive(target, Input::Routing(handed));
     }
 
     pub(super) fn send_heartbeat(&mut self, node: usize) {

@@ -614,7 +614,8 @@ impl World {
     }
 
     /// The node stops: every storage op in flight lands or not (a torn write is one that did not
-    /// land), then the store forgets its pending versions and all in-memory state is gone.
+    /// land), then all in-memory state is gone. The store keeps what it made durable, pending
+    /// versions included (`forget-staged` drops those).
     fn crash(&mut self, node: usize) {
         if !self.nodes[node].up {
             return;
