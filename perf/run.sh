@@ -90,6 +90,7 @@ RAW_IOPS=$(fio_json "$LOGS/fio-randread.json" read iops)
 row "raw fio: 4 MiB seq write, QD $SEQ_QD, end_fsync" "$(mib "$RAW_W")" MiB/s "$(mib "$RAW_W")" "(baseline)" "$FIO_SEQW"
 row "raw fio: 4 MiB seq read, QD $SEQ_QD" "$(mib "$RAW_R")" MiB/s "$(mib "$RAW_R")" "(baseline)" "$FIO_SEQR"
 row "raw fio: 4 KiB random read, QD $RAND_QD, ${RAND_SECONDS}s" "$(num "$RAW_IOPS")" IOPS "$(num "$RAW_IOPS")" "(baseline)" "$FIO_RAND"
+rm -rf "$RAW" # every step removes its data: the disk is shared and may be nearly full
 
 # --- 3. the harness next to fio ---------------------------------------------------------------
 BENCH=$TARGET/r3fs-bench
@@ -108,6 +109,7 @@ for engine in io_uring psync; do
   row "r3fs-bench $engine, local disk: 4 MiB seq write" "$(mib "$(fio_json "$LOGS/bench-$engine-seqwrite.json" write bw_bytes)")" MiB/s "$(mib "$RAW_W")" "harness check, QD $depth" "$W"
   row "r3fs-bench $engine, local disk: 4 MiB seq read" "$(mib "$(fio_json "$LOGS/bench-$engine-seqread.json" read bw_bytes)")" MiB/s "$(mib "$RAW_R")" "harness check, QD $depth" "$R"
   row "r3fs-bench $engine, local disk: 4 KiB random read" "$(num "$(fio_json "$LOGS/bench-$engine-randread.json" read iops)")" IOPS "$(num "$RAW_IOPS")" "harness check" "$X"
+  rm -rf "$HDIR"
 done
 
 # --- 4. chunk store --------------------------------------------------------------------------
@@ -123,6 +125,7 @@ if (cd "$ROOT" && $CHUNK) >"$LOGS/chunkbench.txt" 2>"$LOGS/chunkbench.err"; then
       name = $1; for (i = 2; i <= NF - 5; i++) name = name " " $i
       if (name ~ /^vs /) name = "seq rewrite 4 MiB " name
       print name "|" $(NF-4) "|" $(NF-3) "|" $NF "|" $(NF-1) }' "$LOGS/chunkbench.txt")
+  rm -rf "$BENCH_DIR/chunk"
 else
   pending "chunk store (chunkbench)" "failed: see $LOGS/chunkbench.err"
 fi
@@ -135,6 +138,7 @@ if (cd "$ROOT" && $DATAPATH) >"$LOGS/datapath.txt" 2>"$LOGS/datapath.err"; then
   while IFS='|' read -r _ name ours theirs _; do
     row "storage daemon, replication 1, 4 MiB seq $(echo $name), depth 4 (vs its own fio run)" "$(echo $ours)" MiB/s "$(echo $theirs)" "-" "$DATAPATH" "storage daemon and its fio"
   done < <(grep -E '^\| (write|read) \|' "$LOGS/datapath.txt")
+  rm -rf "$BENCH_DIR/datapath"
 else
   pending "storage daemon data path (datapath_bench)" "failed: see $LOGS/datapath.err"
 fi
