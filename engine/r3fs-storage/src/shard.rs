@@ -979,15 +979,15 @@ async fn fill(
     Ok(true)
 }
 
-/// Reads a frame's payload into an aligned buffer: first the bytes already buffered behind the
-/// head, then straight from the socket.
+/// Reads a frame's payload into an aligned buffer (recycled: every byte is overwritten before the
+/// payload is used): first the bytes already buffered behind the head, then straight from the socket.
 async fn read_payload(
     reader: &mut ReadHalf<TcpStream>,
     buf: &mut Vec<u8>,
     head_len: usize,
     payload_len: usize,
 ) -> std::io::Result<Bytes> {
-    let mut payload = AlignedBuf::zeroed(payload_len);
+    let mut payload = AlignedBuf::for_payload(payload_len);
     let buffered = (buf.len() - head_len).min(payload_len);
     payload.as_mut()[..buffered].copy_from_slice(&buf[head_len..head_len + buffered]);
     buf.drain(..head_len + buffered);
