@@ -18,9 +18,11 @@
 //! Invariants:
 //! - Committed state is changed only by applying a record that is durable, after the data it
 //!   points at is durable. After a crash at any point every chunk is at its old or its new
-//!   committed state; staged versions are forgotten and their blocks are free again.
-//! - A block is referenced by at most one committed chunk; blocks referenced by no committed
-//!   record after replay are free (no space leaks across restarts).
+//!   committed state. Staged versions are durable once `stage` returns (stage records), and
+//!   a committed removal leaves a durable tombstone with its version.
+//! - A block is referenced by at most one chunk (its committed state, its staged version, or
+//!   both for an in-place stage); blocks referenced by no record after replay are free (no
+//!   space leaks across restarts).
 //! - A read returns only bytes whose unit checksums verify (keyed by chunk and block serial, so
 //!   misplaced or stale blocks fail too); otherwise `ChunkCorrupt`.
 //! - IO goes through the [`device`] traits: [`mem::MemDevice`] (in memory, crashable) for
