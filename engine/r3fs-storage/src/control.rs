@@ -151,12 +151,8 @@ pub async fn run(setup: ControlSetup) {
         interval_ms,
         timeout_ms,
     }));
-    let fence_task = tokio::spawn(fence_loop(
-        fence.clone(),
-        applied_routing,
-        commands.clone(),
-        stop.clone(),
-    ));
+    let fence_task =
+        tokio::spawn(fence_loop(fence.clone(), applied_routing, commands.clone(), stop.clone()));
     let mut version = registration.last_heartbeat_version + 1;
     let mut reports: BTreeMap<TargetId, TargetReport> = BTreeMap::new();
     loop {
@@ -253,7 +249,9 @@ async fn fence_loop(
         if now_fenced != fenced {
             fenced = now_fenced;
             if fenced {
-                warn!("no successful heartbeat for half the heartbeat timeout: fencing every shard");
+                warn!(
+                    "no successful heartbeat for half the heartbeat timeout: fencing every shard"
+                );
             } else {
                 info!("mgmtd reachable and its routing applied: lifting the fence");
             }

@@ -171,9 +171,10 @@ impl Daemon {
         let mut shards = Vec::with_capacity(cores);
         let mut commands = Vec::with_capacity(cores);
         let mut readies = Vec::with_capacity(cores);
-        let applied_routing: Vec<Arc<AtomicU64>> =
-            (0..cores).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let mut applied_routing: Vec<Arc<AtomicU64>> = Vec::with_capacity(cores);
         for index in 0..cores {
+            let applied = Arc::new(AtomicU64::new(0));
+            applied_routing.push(applied.clone());
             let (command_tx, command_rx) = mpsc::channel(SHARD_COMMANDS_MAX);
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let port = if config.listen_port_base == 0 {
@@ -193,7 +194,7 @@ impl Daemon {
                 listen: SocketAddr::new(host, port),
                 commands: command_rx,
                 events: events_tx.clone(),
-                applied_routing: applied_routing[index].clone(),
+                applied_routing: applied,
                 ready: ready_tx,
             };
             let placement =
