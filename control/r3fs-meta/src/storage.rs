@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use r3fs_client::{ClientConfig, ClientError, FileMap, StorageClient};
 use r3fs_types::{ErrorCode, InodeId, Layout};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The chunk with the highest index of one file on one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +86,9 @@ pub async fn truncate_to(
 
 /// Storage requests queued for the worker thread at most; callers wait beyond it.
 pub const STORAGE_REQUESTS_QUEUED_MAX: usize = 1024;
+/// Storage requests the worker runs at once; the queue holds the rest. (The client bounds its
+/// in-flight bytes and connections on its own.)
+pub const STORAGE_REQUESTS_INFLIGHT_MAX: usize = 256;
 
 /// [`ChunkStorage`] over the data plane. Every call goes through the client's retry loop
 /// (stale routing, uncommitted chunks, dropped connections, busy targets), bounded by
@@ -158,12 +162,18 @@ impl ClientChunkStorage {
     }
 }
 
-/// The worker: one local task per request, all sharing one lazily connected client.
+/// The worker: one local task per request (at most `STORAGE_REQUESTS_INFLIGHT_MAX` at once), all
+/// sharing one lazily connected client.
 async fn serve(config: ClientConfig, mut requests: tokio::sync::mpsc::Receiver<Request>) {
     let client = std::rc::Rc::new(Connector { config, client: tokio::sync::OnceCell::new() });
+    let inflight = Arc::new(tokio::sync::Semaphore::new(STORAGE_REQUESTS_INFLIGHT_MAX));
     while let Some(request) = requests.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
         let client = client.clone();
-        tokio::task::spawn_local(async move { client.handle(request).await });
+        tokio::task::spawn_local(async move {
+            client.handle(request).await;
+            drop(permit);
+        });
     }
 }
 
