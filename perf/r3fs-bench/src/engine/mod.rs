@@ -7,10 +7,11 @@
 //! a ring engine must place them in memory it shares with the serving process.
 
 mod psync;
+mod ring;
 mod uring;
 
 use crate::options::{EngineKind, JobOptions};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use std::alloc::Layout;
 use std::io;
 use std::path::Path;
@@ -75,9 +76,11 @@ pub fn create(job: &JobOptions, slots: usize, slot_bytes: usize) -> Result<Box<d
     match job.ioengine {
         EngineKind::Psync => Ok(Box::new(psync::Psync::new(slots, slot_bytes))),
         EngineKind::IoUring => Ok(Box::new(uring::Uring::new(slots, slot_bytes, job.iodepth)?)),
-        EngineKind::R3fsRing => bail!(
-            "ioengine=r3fs-ring: the native ring API (client/r3fs-usrbio) is not in this build yet"
-        ),
+        EngineKind::R3fsRing => {
+            let mountpoint =
+                job.mountpoint.as_deref().context("ioengine=r3fs-ring needs mountpoint")?;
+            Ok(Box::new(ring::Ring::new(mountpoint, slots, slot_bytes, job.ior_depth)?))
+        }
     }
 }
 
