@@ -146,8 +146,12 @@ fn write_read_and_reopen(_m: &Mounted, dir: &Path) {
     assert_eq!(fs::read(&path).expect("read"), data);
 
     // Size seen while the writer is still open, and reads through a second descriptor.
-    let mut writer =
-        OpenOptions::new().write(true).create(true).open(dir.join("open.bin")).expect("open");
+    let mut writer = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("open.bin"))
+        .expect("open");
     writer.write_all(&data[..CHUNK + 1]).expect("write");
     assert_eq!(fs::metadata(dir.join("open.bin")).expect("stat").len(), CHUNK as u64 + 1);
     let mut reader = File::open(dir.join("open.bin")).expect("open for reading");
