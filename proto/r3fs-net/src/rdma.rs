@@ -300,9 +300,8 @@ impl MemoryRegion {
             | ibv_access_flags::IBV_ACCESS_REMOTE_READ
             | ibv_access_flags::IBV_ACCESS_REMOTE_WRITE;
         // SAFETY: a valid PD and a buffer of `len` bytes that outlives the registration.
-        let mr = unsafe {
-            ibv_reg_mr(device.pd.as_ptr(), buf.as_ptr().cast(), len, access.0 as i32)
-        };
+        let mr =
+            unsafe { ibv_reg_mr(device.pd.as_ptr(), buf.as_ptr().cast(), len, access.0 as i32) };
         match NonNull::new(mr) {
             Some(mr) => Ok(MemoryRegion { _device: Arc::clone(device), mr, buf, len }),
             None => {
@@ -336,11 +335,8 @@ impl MemoryRegion {
     /// The descriptor a peer needs to read or write `offset..offset + len` of this region.
     pub fn remote(&self, offset: usize, len: usize) -> Result<RemoteBuf> {
         self.check(offset, len)?;
-        let len = u32::try_from(len).map_err(|_| Error::OutOfRange {
-            offset,
-            len,
-            size: self.len,
-        })?;
+        let len =
+            u32::try_from(len).map_err(|_| Error::OutOfRange { offset, len, size: self.len })?;
         Ok(RemoteBuf {
             addr: self.buf.as_ptr() as u64 + offset as u64,
             // SAFETY: a registered MR.
@@ -573,7 +569,12 @@ impl Link {
     }
 
     /// One-sided READ: copies the peer's `remote` range into `local[offset..]`.
-    pub fn read(&mut self, local: &mut MemoryRegion, offset: usize, remote: RemoteBuf) -> Result<()> {
+    pub fn read(
+        &mut self,
+        local: &mut MemoryRegion,
+        offset: usize,
+        remote: RemoteBuf,
+    ) -> Result<()> {
         let sge = local.sge(offset, remote.len as usize)?;
         self.run(ibv_wr_opcode::IBV_WR_RDMA_READ, sge, remote, "RDMA READ")
     }
