@@ -1,6 +1,10 @@
 //! The retry policy: which failures are retried and how (pure), the backoff schedule (pure, with
 //! the jitter passed in so tests are deterministic), and [`Attempts`], the per-operation tracker
 //! that sleeps between attempts and gives up with R3FS-5005 RetriesExhausted.
+//!
+//! Every retry is counted in `r3fs_client_retries_total{reason}` and every give-up in
+//! `r3fs_client_retries_exhausted_total{reason}` (docs/design/monitoring.md); the reason is one of
+//! the fixed strings of [`retry_reason`], so the label set stays bounded.
 
 use crate::config::RetryConfig;
 use crate::error::ClientError;
@@ -71,6 +75,30 @@ pub fn disposition(code: ErrorCode, op: Op) -> Disposition {
     }
 }
 
+/// The metric label for a failure that is retried: a fixed, small set of strings.
+pub fn retry_reason(code: ErrorCode) -> &'static str {
+    use ErrorCode as E;
+    match code {
+        E::StaleChainVersion
+        | E::NotHead
+        | E::TargetNotServing
+        | E::ChainNotFound
+        | E::TargetNotFound
+        | E::Fenced
+        | E::NotPrimary => "stale_routing",
+        E::ChunkNotCommitted => "not_committed",
+        E::ChecksumMismatch | E::FrameChecksum | E::ChunkCorrupt => "checksum",
+        E::ConnectionLost | E::Unavailable => "connection",
+        E::Timeout => "timeout",
+        E::Busy | E::ChunkBusy => "busy",
+        _ => "other",
+    }
+}
+
+fn count_retry(name: &str, help: &str, code: ErrorCode) {
+    r3fs_metrics::global().counter(name, help, &[("reason", retry_reason(code))]).inc();
+}
+
 /// The pure backoff schedule: after `failures` (>= 1) failed attempts, wait between half and all
 /// of `min(initial * 2^(failures-1), max)`; `random` picks where (callers pass a random number;
 /// tests pass fixed ones).
@@ -108,6 +136,11 @@ impl<'a> Attempts<'a> {
         let elapsed = self.started.elapsed();
         let elapsed_max = Duration::from_millis(self.config.elapsed_max_ms);
         if self.failures >= self.config.attempts_max || elapsed + delay > elapsed_max {
+            count_retry(
+                "r3fs_client_retries_exhausted_total",
+                "Client operations that gave up after the retry bounds, by last failure",
+                code,
+            );
             return Err(ClientError::RetriesExhausted {
                 attempts: self.failures,
                 elapsed_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
@@ -116,6 +149,7 @@ impl<'a> Attempts<'a> {
             });
         }
         tracing::debug!(%code, failures = self.failures, ?delay, detail, "retrying");
+        count_retry("r3fs_client_retries_total", "Client request retries, by failure reason", code);
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -249,5 +283,44 @@ mod tests {
             assert!(rounds < 10, "the elapsed bound must stop the loop");
         }
         assert!(attempts.failures() >= 1);
+    }
+
+    fn counted(name: &str, reason: &str) -> u64 {
+        r3fs_metrics::global()
+            .snapshot()
+            .iter()
+            .find(|s| s.name == name && s.label("reason") == Some(reason))
+            .map_or(0, |s| s.value as u64)
+    }
+
+    /// Retries and give-ups are counted by reason and appear in the rendered text. The global
+    /// registry is shared by the tests of this binary: compare before/after with `>=`.
+    #[tokio::test]
+    async fn retries_are_counted_by_reason() {
+        let c = RetryConfig {
+            attempts_max: 2,
+            backoff_initial_ms: 1,
+            backoff_max_ms: 2,
+            elapsed_max_ms: 10_000,
+        };
+        let stale = counted("r3fs_client_retries_total", "stale_routing");
+        let exhausted = counted("r3fs_client_retries_exhausted_total", "not_committed");
+        let mut attempts = Attempts::new(&c);
+        attempts.failed(ErrorCode::NotHead, "moved").await.expect("first retry allowed");
+        attempts.failed(ErrorCode::ChunkNotCommitted, "x").await.expect_err("bound");
+        assert!(counted("r3fs_client_retries_total", "stale_routing") > stale);
+        assert!(counted("r3fs_client_retries_exhausted_total", "not_committed") > exhausted);
+        let text = r3fs_metrics::render(r3fs_metrics::global());
+        assert!(text.contains("r3fs_client_retries_total{reason=\"stale_routing\"}"), "{text}");
+        assert!(text.contains("# TYPE r3fs_client_retries_total counter"), "{text}");
+    }
+
+    #[test]
+    fn retry_reasons_are_a_fixed_small_set() {
+        let reasons: std::collections::BTreeSet<_> =
+            ErrorCode::ALL.iter().map(|&code| retry_reason(code)).collect();
+        assert!(reasons.len() <= 8, "{reasons:?}");
+        assert_eq!(retry_reason(ErrorCode::StaleChainVersion), "stale_routing");
+        assert_eq!(retry_reason(ErrorCode::ConnectionLost), "connection");
     }
 }
