@@ -39,6 +39,9 @@ pub struct FuseConfig {
     /// Client library tuning (retries, timeouts, in-flight bounds). Its addresses and token are
     /// ignored: they come from the keys above.
     pub client: ClientConfig,
+    /// Metrics endpoint and push target (`[metrics]`, see r3fs_metrics::MetricsConfig); the
+    /// default instance name is `fuse-<mountpoint>`.
+    pub metrics: r3fs_metrics::MetricsConfig,
 }
 
 impl Default for FuseConfig {
@@ -55,6 +58,7 @@ impl Default for FuseConfig {
             max_write: KERNEL_WRITE_BYTES_MAX,
             allow_other: true,
             client: ClientConfig::default(),
+            metrics: r3fs_metrics::MetricsConfig::default(),
         }
     }
 }
@@ -106,6 +110,7 @@ impl FuseConfig {
         if let Err(client) = client.validate() {
             errors.extend(client.into_iter().map(|e| format!("client: {e}")));
         }
+        errors.extend(self.metrics.validate());
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
@@ -158,6 +163,10 @@ mod tests {
             threads: 0,
             max_write: 1,
             attr_timeout_ms: CACHE_TIMEOUT_MS_MAX + 1,
+            metrics: r3fs_metrics::MetricsConfig {
+                listen: "nowhere".into(),
+                ..r3fs_metrics::MetricsConfig::default()
+            },
             token_file: Some("t".into()),
             token: "x".into(),
             ..FuseConfig::default()
@@ -169,6 +178,7 @@ mod tests {
             assert!(errors.iter().any(|e| e.contains(needle)), "{needle} missing from {errors:?}");
         }
         assert!(errors.iter().any(|e| e.contains("attr_timeout_ms")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("metrics.listen")), "{errors:?}");
         assert!(FuseConfig::parse("mountpoint = \"/m\"\nbogus = 1\n").is_err());
     }
 

@@ -17,6 +17,7 @@
 //! (close-to-open consistency).
 
 use crate::attr::{self, errno, file_attr, inode_of};
+use crate::metrics;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
@@ -33,6 +34,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+/// Replies with an error and marks the observed request as failed (crate::metrics).
+macro_rules! fail {
+    ($reply:expr, $errno:expr) => {{
+        metrics::failed();
+        $reply.error($errno)
+    }};
+}
 
 /// Entries asked of meta per readdir page.
 const READDIR_PAGE_ENTRIES: u32 = 1024;
@@ -235,18 +244,19 @@ impl R3fs {
     }
 
     /// Runs `work` on the runtime: the event loop moves on at once.
-    fn spawn<F, Fut>(&self, work: F)
+    /// The request `op` is counted and timed (crate::metrics).
+    fn spawn<F, Fut>(&self, op: &'static str, work: F)
     where
         F: FnOnce(Arc<Inner>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.runtime.spawn(work(self.inner.clone()));
+        self.runtime.spawn(metrics::observe(op, work(self.inner.clone())));
     }
 
     fn reply_entry(inner: &Inner, reply: ReplyEntry, inode: Result<pb::Inode, Errno>) {
         match inode.and_then(|inode| inner.attr(&inode)) {
             Ok(attr) => reply.entry(&inner.options.entry_timeout, &attr, Generation(0)),
-            Err(e) => reply.error(e),
+            Err(e) => fail!(reply, e),
         }
     }
 }
@@ -291,9 +301,9 @@ impl Filesystem for R3fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = match attr::name(name) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |inner| async move {
+        self.spawn("lookup", move |inner| async move {
             let inode = inner
                 .meta
                 .lookup(pb::LookupRequest { parent: parent.0, name })
@@ -305,10 +315,10 @@ impl Filesystem for R3fs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(move |inner| async move {
+        self.spawn("getattr", move |inner| async move {
             match inner.stat(ino.0).await.and_then(|inode| inner.attr(&inode)) {
                 Ok(attr) => reply.attr(&inner.options.attr_timeout, &attr),
-                Err(e) => reply.error(e),
+                Err(e) => fail!(reply, e),
             }
         });
     }
@@ -331,7 +341,7 @@ impl Filesystem for R3fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.spawn(move |inner| async move {
+        self.spawn("setattr", move |inner| async move {
             let result = async {
                 let mut request = pb::SetAttrRequest {
                     target: Some(path_at(ino.0, "")),
@@ -375,20 +385,20 @@ impl Filesystem for R3fs {
             .await;
             match result.and_then(|inode| inner.attr(&inode)) {
                 Ok(attr) => reply.attr(&inner.options.attr_timeout, &attr),
-                Err(e) => reply.error(e),
+                Err(e) => fail!(reply, e),
             }
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(move |inner| async move {
+        self.spawn("readlink", move |inner| async move {
             match inner
                 .meta
                 .read_link(pb::ReadLinkRequest { target: Some(path_at(ino.0, "")) })
                 .await
             {
                 Ok(response) => reply.data(response.link_target.as_bytes()),
-                Err(e) => reply.error(errno("readlink", &e)),
+                Err(e) => fail!(reply, errno("readlink", &e)),
             }
         });
     }
@@ -405,14 +415,14 @@ impl Filesystem for R3fs {
     ) {
         // Only regular files: r3fs has no device, FIFO or socket inodes.
         if mode & libc::S_IFMT != libc::S_IFREG {
-            return reply.error(Errno::EPERM);
+            return fail!(reply, Errno::EPERM);
         }
         let name = match attr::name(name) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |inner| async move {
+        self.spawn("mknod", move |inner| async move {
             let options = OpenOptions {
                 read: false,
                 write: false,
@@ -444,10 +454,10 @@ impl Filesystem for R3fs {
     ) {
         let name = match attr::name(name) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |inner| async move {
+        self.spawn("mkdir", move |inner| async move {
             let request = pb::MkdirRequest {
                 target: Some(path_at(parent.0, &name)),
                 // The kernel applied the umask already (no FUSE_DONT_MASK).
@@ -483,10 +493,10 @@ impl Filesystem for R3fs {
     ) {
         let (name, target) = match (attr::name(link_name), attr::name(target.as_os_str())) {
             (Ok(name), Ok(target)) => (name, target),
-            _ => return reply.error(Errno::EINVAL),
+            _ => return fail!(reply, Errno::EINVAL),
         };
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |inner| async move {
+        self.spawn("symlink", move |inner| async move {
             let request =
                 pb::SymlinkRequest { target: Some(path_at(parent.0, &name)), link_target: target };
             let inode = match inner.meta.symlink(request).await {
@@ -513,13 +523,13 @@ impl Filesystem for R3fs {
         // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported (as on file systems without
         // them, EINVAL).
         if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
-            return reply.error(Errno::EINVAL);
+            return fail!(reply, Errno::EINVAL);
         }
         let (name, newname) = match (attr::name(name), attr::name(newname)) {
             (Ok(a), Ok(b)) => (a, b),
-            _ => return reply.error(Errno::EINVAL),
+            _ => return fail!(reply, Errno::EINVAL),
         };
-        self.spawn(move |inner| async move {
+        self.spawn("rename", move |inner| async move {
             let request = pb::RenameRequest {
                 source: Some(path_at(parent.0, &name)),
                 destination: Some(path_at(newparent.0, &newname)),
@@ -527,7 +537,7 @@ impl Filesystem for R3fs {
             };
             match inner.meta.rename(request).await {
                 Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno("rename", &e)),
+                Err(e) => fail!(reply, errno("rename", &e)),
             }
         });
     }
@@ -542,9 +552,9 @@ impl Filesystem for R3fs {
     ) {
         let newname = match attr::name(newname) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |inner| async move {
+        self.spawn("link", move |inner| async move {
             let request = pb::LinkRequest {
                 old_path: Some(path_at(ino.0, "")),
                 new_path: Some(path_at(newparent.0, &newname)),
@@ -561,7 +571,7 @@ impl Filesystem for R3fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let options = open_options(flags.0);
-        self.spawn(move |inner| async move {
+        self.spawn("open", move |inner| async move {
             match inner.files.open_inode(r3fs_types::InodeId(ino.0), &options).await {
                 Ok(file) => {
                     if options.truncate {
@@ -574,7 +584,7 @@ impl Filesystem for R3fs {
                     });
                     reply.opened(fh, fopen_flags(flags.0));
                 }
-                Err(e) => reply.error(errno("open", &e)),
+                Err(e) => fail!(reply, errno("open", &e)),
             }
         });
     }
@@ -592,13 +602,13 @@ impl Filesystem for R3fs {
     ) {
         let handle = match self.inner.handle(fh) {
             Ok(handle) => handle,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |inner| async move {
+        self.spawn("read", move |inner| async move {
             let mut buf = vec![0u8; size as usize];
             let mut n = match handle.file.read_at(offset, &mut buf).await {
                 Ok(n) => n,
-                Err(e) => return reply.error(errno("read", &e)),
+                Err(e) => return fail!(reply, errno("read", &e)),
             };
             // Another handle of this mount may have written further than this one knows (meta
             // has not been told yet): read up to that end, not to the handle's length.
@@ -609,7 +619,7 @@ impl Filesystem for R3fs {
                 let extra = &mut buf[n..(want - offset) as usize];
                 match inner.files.storage().read(handle.file.map(), have, extra).await {
                     Ok(_) => n = (want - offset) as usize,
-                    Err(e) => return reply.error(errno("read", &e)),
+                    Err(e) => return fail!(reply, errno("read", &e)),
                 }
             }
             reply.data(&buf[..n]);
@@ -630,7 +640,7 @@ impl Filesystem for R3fs {
     ) {
         let handle = match self.inner.handle(fh) {
             Ok(handle) => handle,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
         // The request buffer belongs to the event loop: the task needs its own copy.
         let data = data.to_vec();
@@ -640,16 +650,16 @@ impl Filesystem for R3fs {
         // borrowed chunk pieces inside it), so it cannot be `spawn`ed; it runs with `block_on`
         // on a blocking-pool thread instead, one per write in flight (the kernel bounds those).
         self.runtime.spawn_blocking(move || {
-            runtime.block_on(async move {
+            runtime.block_on(metrics::observe("write", async move {
                 match handle.file.write_at(offset, &data).await {
                     Ok(n) => {
                         handle.dirty.store(true, Ordering::Release);
                         inner.open_inodes.wrote(ino.0, offset + n as u64);
                         reply.written(n as u32);
                     }
-                    Err(e) => reply.error(errno("write", &e)),
+                    Err(e) => fail!(reply, errno("write", &e)),
                 }
-            })
+            }))
         });
     }
 
@@ -664,12 +674,12 @@ impl Filesystem for R3fs {
         // close(2): report the length so the next open (here or on another client) sees it.
         let handle = match self.inner.handle(fh) {
             Ok(handle) => handle,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |_inner| async move {
+        self.spawn("flush", move |_inner| async move {
             match report(&handle).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
+                Err(e) => fail!(reply, e),
             }
         });
     }
@@ -686,13 +696,13 @@ impl Filesystem for R3fs {
         // makes the length durable in meta.
         let handle = match self.inner.handle(fh) {
             Ok(handle) => handle,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |_inner| async move {
+        self.spawn("fsync", move |_inner| async move {
             handle.dirty.store(true, Ordering::Release);
             match report(&handle).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(e),
+                Err(e) => fail!(reply, e),
             }
         });
     }
@@ -708,9 +718,9 @@ impl Filesystem for R3fs {
         reply: ReplyEmpty,
     ) {
         let Some(handle) = lock(&self.inner.handles).remove(&fh.0) else {
-            return reply.error(Errno::EBADF);
+            return fail!(reply, Errno::EBADF);
         };
-        self.spawn(move |inner| async move {
+        self.spawn("release", move |inner| async move {
             let writable = handle.writable;
             let result = match Arc::try_unwrap(handle) {
                 Ok(open) => open.file.close().await.map(|_| ()),
@@ -723,7 +733,7 @@ impl Filesystem for R3fs {
             }
             match result {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno("release", &e)),
+                Err(e) => fail!(reply, errno("release", &e)),
             }
         });
     }
@@ -743,13 +753,13 @@ impl Filesystem for R3fs {
         reply: ReplyDirectory,
     ) {
         let Some(listing) = lock(&self.inner.dirs).get(&fh.0).cloned() else {
-            return reply.error(Errno::EBADF);
+            return fail!(reply, Errno::EBADF);
         };
-        self.spawn(move |inner| async move {
+        self.spawn("readdir", move |inner| async move {
             let mut listing = listing.lock().await;
             match fill_directory(&inner, ino.0, &mut listing, offset, reply).await {
                 Ok(()) => {}
-                Err((reply, e)) => reply.error(e),
+                Err((reply, e)) => fail!(reply, e),
             }
         });
     }
@@ -779,7 +789,7 @@ impl Filesystem for R3fs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn(move |inner| async move {
+        self.spawn("statfs", move |inner| async move {
             match inner.meta.stat_fs(pb::StatFsRequest {}).await {
                 Ok(fs) => {
                     let blocks = fs.total_bytes / STATFS_BLOCK_BYTES;
@@ -795,7 +805,7 @@ impl Filesystem for R3fs {
                         STATFS_BLOCK_BYTES as u32,
                     );
                 }
-                Err(e) => reply.error(errno("statfs", &e)),
+                Err(e) => fail!(reply, errno("statfs", &e)),
             }
         });
     }
@@ -804,16 +814,16 @@ impl Filesystem for R3fs {
         // With default_permissions the kernel checks access itself and does not ask; this
         // answers when it does, from the mode bits (supplementary groups are not known here).
         let (uid, gid) = (req.uid(), req.gid());
-        self.spawn(move |inner| async move {
+        self.spawn("access", move |inner| async move {
             match inner.stat(ino.0).await {
                 Ok(inode) => {
                     if may_access(&inode, uid, gid, mask.bits()) {
                         reply.ok()
                     } else {
-                        reply.error(Errno::EACCES)
+                        fail!(reply, Errno::EACCES)
                     }
                 }
-                Err(e) => reply.error(e),
+                Err(e) => fail!(reply, e),
             }
         });
     }
@@ -830,7 +840,7 @@ impl Filesystem for R3fs {
     ) {
         let name = match attr::name(name) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
         let (uid, gid) = (req.uid(), req.gid());
         let options = OpenOptions {
@@ -839,10 +849,10 @@ impl Filesystem for R3fs {
             mode: mode & 0o7777,
             ..open_options(flags)
         };
-        self.spawn(move |inner| async move {
+        self.spawn("create", move |inner| async move {
             let file = match inner.files.open_at(parent.0, &name, &options).await {
                 Ok(file) => file,
-                Err(e) => return reply.error(errno("create", &e)),
+                Err(e) => return fail!(reply, errno("create", &e)),
             };
             let inode = inner.give_to_caller(uid, gid, file.opened().clone()).await;
             if options.truncate {
@@ -850,7 +860,7 @@ impl Filesystem for R3fs {
             }
             let attr = match inner.attr(&inode) {
                 Ok(attr) => attr,
-                Err(e) => return reply.error(e),
+                Err(e) => return fail!(reply, e),
             };
             let fh = inner.add_handle(OpenFile {
                 file,
@@ -872,16 +882,19 @@ impl R3fs {
     fn remove(&self, parent: INodeNo, name: &OsStr, kind: pb::RemoveKind, reply: ReplyEmpty) {
         let name = match attr::name(name) {
             Ok(name) => name,
-            Err(e) => return reply.error(e),
+            Err(e) => return fail!(reply, e),
         };
-        self.spawn(move |inner| async move {
-            let request =
-                pb::RemoveRequest { target: Some(path_at(parent.0, &name)), kind: kind as i32 };
-            match inner.meta.remove(request).await {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(errno("remove", &e)),
-            }
-        });
+        self.spawn(
+            if kind == pb::RemoveKind::File { "unlink" } else { "rmdir" },
+            move |inner| async move {
+                let request =
+                    pb::RemoveRequest { target: Some(path_at(parent.0, &name)), kind: kind as i32 };
+                match inner.meta.remove(request).await {
+                    Ok(_) => reply.ok(),
+                    Err(e) => fail!(reply, errno("remove", &e)),
+                }
+            },
+        );
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod attr;
 pub mod config;
 pub mod fs;
+pub mod metrics;
 
 pub use config::FuseConfig;
 
@@ -95,6 +96,14 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
     let client_config = config.client_config().map_err(anyhow::Error::msg)?;
     let mountpoint = config.mountpoint.clone();
     check_mountpoint(&mountpoint)?;
+    // The `/metrics` endpoint and push loop run on their own thread until `_metrics` drops.
+    let _metrics = r3fs_metrics::Exporter::start(
+        &config.metrics,
+        r3fs_metrics::global(),
+        "fuse",
+        &format!("fuse-{}", mountpoint.display()),
+    )
+    .context("start the metrics exporter")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads)
