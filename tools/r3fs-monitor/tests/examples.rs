@@ -39,6 +39,7 @@ fn fuse_example_loads_and_validates() {
     let config = r3fs_fuse::FuseConfig::parse(&example("fuse.toml")).unwrap();
     // validate() checks the mount point exists; the parse is what guards against drift here.
     let _ = config.validate();
+    assert_eq!(config.metrics.listen, "0.0.0.0:9104");
 }
 
 #[test]
@@ -55,7 +56,7 @@ fn monitor_example_loads_and_validates() {
 
 #[test]
 fn daemon_examples_document_metrics() {
-    for name in ["mgmtd.toml", "storage.toml", "meta.toml"] {
+    for name in ["mgmtd.toml", "storage.toml", "meta.toml", "fuse.toml"] {
         let text = example(name);
         assert!(text.contains("\n[metrics]\n"), "{name} has no [metrics] section");
         for key in ["listen", "push_target", "push_interval_ms", "instance", "timeout_ms"] {
