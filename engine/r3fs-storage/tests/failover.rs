@@ -338,12 +338,21 @@ async fn mgmtd_restart_fences_and_resumes() {
             length: 4096,
         }],
     };
-    let (reply, _) = tail_client.batch_read(request).await.expect("read from the tail");
-    assert_eq!(
-        reply.items[0].outcome,
-        Outcome::Failed(ErrorCode::Fenced),
-        "a fenced daemon must refuse reads"
-    );
+    // Each daemon fences on its own heartbeat clock, so the tail may fence a little after the
+    // head refused the first write: poll until it refuses, within a bound.
+    let read_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (reply, _) = tail_client.batch_read(request.clone()).await.expect("read from the tail");
+        if reply.items[0].outcome == Outcome::Failed(ErrorCode::Fenced) {
+            break;
+        }
+        assert!(
+            Instant::now() < read_deadline,
+            "a fenced daemon must refuse reads; the tail still answers {:?}",
+            reply.items[0].outcome
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let acks_while_down = acks.load(Ordering::SeqCst);
 
     // mgmtd comes back on the same address and KV; the daemons heartbeat again, apply its
