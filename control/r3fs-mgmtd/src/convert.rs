@@ -140,6 +140,7 @@ pub fn target_to_pb(target: &TargetRecord, public: Option<PublicTargetState>) ->
         local_state: local_state_to_pb(target.local_state).into(),
         used_bytes: target.used_bytes,
         total_bytes: target.total_bytes,
+        resync: None,
     }
 }
 

@@ -174,6 +174,7 @@ pub async fn run(setup: ControlSetup) {
                     chain_version: r.chain_version,
                     used_bytes: r.used_bytes,
                     total_bytes: r.total_bytes,
+                    resync: None,
                 })
                 .collect(),
         };
