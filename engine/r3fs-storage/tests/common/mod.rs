@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod loopfs;
+pub mod netns;
+
 use r3fs_rpc::admin;
 use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
 use r3fs_storage::client::DataClient;
