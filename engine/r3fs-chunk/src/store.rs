@@ -93,6 +93,12 @@ pub enum UpdateOp<B> {
     Truncate {
         len: u32,
     },
+    /// Grows the chunk with zeros to at least `len` bytes; a chunk already that long keeps its
+    /// bytes (the new version has the same content). The metadata service's "extend the last
+    /// chunk" when a file grows past it.
+    Extend {
+        len: u32,
+    },
     Remove,
     /// The chunk becomes exactly `data`.
     Replace {
@@ -1317,7 +1323,7 @@ impl<D: Device> ChunkStore<D> {
                     data.len()
                 )));
             }
-            UpdateOp::Truncate { len } if *len > chunk_size => {
+            UpdateOp::Truncate { len } | UpdateOp::Extend { len } if *len > chunk_size => {
                 return Err(StoreError::InvalidArgument(format!(
                     "length {len} exceeds chunk size {chunk_size}"
                 )));
@@ -1358,6 +1364,11 @@ impl<D: Device> ChunkStore<D> {
         let (change, owned) = match op {
             UpdateOp::Remove => (Change::Delete, None),
             UpdateOp::Truncate { len } => {
+                self.stage_truncate(&mut guard, params, base, len).await?
+            }
+            UpdateOp::Extend { len } => {
+                // The base is the committed content: never shorter than it was.
+                let len = len.max(base.map_or(0, |b| b.len));
                 self.stage_truncate(&mut guard, params, base, len).await?
             }
             UpdateOp::Write { offset, data, crc } => {

@@ -43,6 +43,7 @@ enum Op {
     Write { chunk: usize, offset: u32, len: u32, aligned: bool, seed: u64 },
     Replace { chunk: usize, len: u32, seed: u64 },
     Truncate { chunk: usize, len: u32 },
+    Extend { chunk: usize, len: u32 },
     Remove { chunk: usize },
     RemoveRange { inode: u64, start: u64, end: u64 },
     StageOnly { chunk: usize, offset: u32, len: u32, seed: u64 },
@@ -62,6 +63,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(chunk, offset, len, aligned, seed)| Op::Write { chunk, offset, len, aligned, seed }),
         2 => (c.clone(), 0u32..70_000, any::<u64>()).prop_map(|(chunk, len, seed)| Op::Replace { chunk, len, seed }),
         2 => (c.clone(), any::<u32>()).prop_map(|(chunk, len)| Op::Truncate { chunk, len }),
+        2 => (c.clone(), any::<u32>()).prop_map(|(chunk, len)| Op::Extend { chunk, len }),
         1 => c.clone().prop_map(|chunk| Op::Remove { chunk }),
         1 => (1u64..3, 0u64..3, 0u64..4).prop_map(|(inode, start, end)| Op::RemoveRange { inode, start, end }),
         2 => (c.clone(), any::<u32>(), 1u32..70_000, any::<u64>())
@@ -85,6 +87,15 @@ fn written(old: &Content, offset: u32, data: &[u8]) -> Vec<u8> {
         new.resize(end, 0);
     }
     new[offset as usize..end].copy_from_slice(data);
+    new
+}
+
+/// Grown with zeros to at least `len`; never shortened.
+fn extended(old: &Content, len: u32) -> Vec<u8> {
+    let mut new = old.clone().unwrap_or_default();
+    if new.len() < len as usize {
+        new.resize(len as usize, 0);
+    }
     new
 }
 
@@ -189,6 +200,22 @@ impl Run {
                     chain_version: ChainVersion(2),
                     chunk_size: size,
                     op: UpdateOp::Truncate { len },
+                };
+                let result = self.h.run(store.update(request));
+                (vec![(c, Some(new))], expect_committed(result))
+            }
+            Op::Extend { chunk: i, len } => {
+                let (c, size) = chunk_of(i);
+                let len = len % (size + 1);
+                let new = extended(&self.content(c), len);
+                let version = self.next_version();
+                self.staged.remove(&c);
+                let request = StageRequest {
+                    chunk: c,
+                    version: ChunkVersion(version),
+                    chain_version: ChainVersion(2),
+                    chunk_size: size,
+                    op: UpdateOp::Extend { len },
                 };
                 let result = self.h.run(store.update(request));
                 (vec![(c, Some(new))], expect_committed(result))

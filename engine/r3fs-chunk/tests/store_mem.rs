@@ -163,6 +163,63 @@ fn truncate_shrinks_and_extends_with_zeros() {
 }
 
 #[test]
+fn extend_grows_with_zeros_and_never_shrinks() {
+    let mut h = harness(31);
+    let store = h.store();
+    let c = chunk(2, 0);
+    let data = bytes(4, 100_001);
+    h.run(write(&store, c, 1, MIB, 0, &data)).unwrap();
+    let extend = |version: u64, len: u32| StageRequest {
+        chunk: c,
+        version: ChunkVersion(version),
+        chain_version: ChainVersion(1),
+        chunk_size: MIB,
+        op: UpdateOp::Extend { len },
+    };
+    // Shorter than the chunk: a new version with the same bytes.
+    let UpdateOutcome::Committed(Some(meta)) = h.run(store.update(extend(2, 5))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (meta.version, meta.len, meta.crc),
+        (ChunkVersion(2), 100_001, crc32c::crc32c(&data))
+    );
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), data);
+    // Longer, from an unaligned length (copy-on-write) ...
+    let UpdateOutcome::Committed(Some(meta)) = h.run(store.update(extend(3, 200_000))).unwrap()
+    else {
+        panic!()
+    };
+    let mut expected = data.clone();
+    expected.resize(200_000, 0);
+    assert_eq!((meta.len, meta.crc), (200_000, crc32c::crc32c(&expected)));
+    // ... and from an aligned one, as a stage later committed (the chain's path).
+    h.run(store.update(StageRequest { op: UpdateOp::Truncate { len: 196_608 }, ..extend(4, 0) }))
+        .unwrap();
+    expected.truncate(196_608);
+    let StageOutcome::Staged(pending) = h.run(store.stage(extend(5, MIB))).unwrap() else {
+        panic!()
+    };
+    assert_eq!(pending.len, MIB);
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), expected, "the committed version until commit");
+    h.run(store.commit(c, ChunkVersion(5))).unwrap();
+    expected.resize(MIB as usize, 0);
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), expected);
+    // Past the chunk size: refused, nothing changed.
+    assert!(matches!(
+        h.run(store.update(StageRequest { chunk_size: 64 * KIB, ..extend(6, 64 * KIB + 1) })),
+        Err(StoreError::InvalidArgument(_))
+    ));
+    // A missing chunk is created with zeros; everything survives a reopen.
+    let other = chunk(2, 1);
+    h.run(store.update(StageRequest { chunk: other, ..extend(1, 4097) })).unwrap();
+    h.close_and_reopen();
+    let store = h.store();
+    assert_eq!(h.run(read_all(&store, other)).unwrap(), vec![0u8; 4097]);
+    assert_eq!(h.run(read_all(&store, c)).unwrap(), expected);
+}
+
+#[test]
 fn remove_range_last_chunk_list_and_no_leak() {
     let mut h = harness(4);
     let store = h.store();
