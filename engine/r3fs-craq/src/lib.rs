@@ -38,10 +38,11 @@ pub use config::{ConfigError, ReplicaConfig};
 pub use dedup::{DedupCheck, DedupTable};
 pub use memory::MemoryChunkStore;
 pub use message::{
-    ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal, RefuseReason,
-    ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome, WriteRequest,
+    FetchedChunk, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
+    RefuseReason, ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome,
+    WriteRequest,
 };
-pub use replica::{FenceReason, Input, Output, Replica, ReplicaStats};
+pub use replica::{FenceReason, Input, Output, Replica, ReplicaStats, ResyncProgress};
 pub use routing::{CHAIN_TARGETS_MAX, ChainRouting, ChainTarget, RoutingError, View};
 pub use storage::{
     ChunkStore, OpId, PendingWrite, StorageOp, StorageResult, StoreError, Which, execute,

@@ -203,6 +203,32 @@ pub enum PeerMessage {
         chain: ChainId,
         chain_version: ChainVersion,
     },
+    /// Repair, any chain member to another: send me your committed copy of `chunk` (mine failed
+    /// its checksum on disk). Answered with [`PeerMessage::FetchChunkReply`].
+    FetchChunk {
+        chain: ChainId,
+        chain_version: ChainVersion,
+        chunk: ChunkId,
+    },
+    /// Repair: the sender's committed copy, read and verified by its store.
+    FetchChunkReply(FetchedChunk),
+}
+
+/// A replica's committed copy of one chunk, sent to repair a corrupted copy elsewhere. The
+/// receiver installs it only if it matches its own committed metadata exactly (version, length,
+/// CRC32C of the bytes): the copy is verified twice, by the sender's store on read and by the
+/// receiver against the checksum it recorded when the version committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedChunk {
+    pub chain: ChainId,
+    pub chain_version: ChainVersion,
+    pub chunk: ChunkId,
+    /// The sender's committed state; `None` when it has no good copy (absent, removed, corrupt
+    /// there too, or its store failed).
+    pub state: Option<ChunkState>,
+    pub data: Bytes,
+    /// CRC32C of `data`.
+    pub checksum: u32,
 }
 
 impl PeerMessage {
@@ -212,12 +238,14 @@ impl PeerMessage {
             PeerMessage::Ack(m) => m.chain,
             PeerMessage::Refused(m) => m.chain,
             PeerMessage::SyncChunk(m) => m.chain,
+            PeerMessage::FetchChunkReply(m) => m.chain,
             PeerMessage::DumpMetaRequest { chain, .. }
             | PeerMessage::DumpMetaReply { chain, .. }
             | PeerMessage::SyncAck { chain, .. }
             | PeerMessage::SyncRefused { chain, .. }
             | PeerMessage::SyncDone { chain, .. }
-            | PeerMessage::SyncDoneAck { chain, .. } => *chain,
+            | PeerMessage::SyncDoneAck { chain, .. }
+            | PeerMessage::FetchChunk { chain, .. } => *chain,
         }
     }
 }

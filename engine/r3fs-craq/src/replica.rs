@@ -10,8 +10,9 @@
 use crate::config::{ConfigError, ReplicaConfig};
 use crate::dedup::{DedupCheck, DedupTable};
 use crate::message::{
-    ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal, RefuseReason,
-    ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome, WriteRequest,
+    FetchedChunk, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
+    RefuseReason, ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome,
+    WriteRequest,
 };
 use crate::routing::{ChainRouting, View};
 use crate::rules::{self, ForwardDecision, HeadDecision, ReadDecision};
@@ -21,7 +22,11 @@ use bytes::Bytes;
 use r3fs_types::{
     ChainId, ChainVersion, ChunkId, ChunkVersion, ErrorCode, PublicTargetState, TargetId,
 };
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Rounds over the chain's serving peers a repair makes before it gives up (each peer is asked
+/// once per round, waiting `forward_retry_interval_ms` for its answer).
+pub const REPAIR_ROUNDS_MAX: u32 = 3;
 use tracing::{debug, error, warn};
 
 /// Everything that can happen to a replica.
@@ -75,8 +80,21 @@ pub enum Output {
     SyncDone {
         chain_version: ChainVersion,
     },
-    /// A chunk failed its checksum in storage: report it (the read was refused).
+    /// A chunk failed its checksum in storage: report it (the read was refused). The replica
+    /// repairs it from a chain peer (see [`Output::ChunkRepaired`]).
     ChunkCorrupt {
+        chunk: ChunkId,
+    },
+    /// A corrupted chunk was rewritten with `from`'s copy, verified against this replica's own
+    /// committed metadata, at the same committed version.
+    ChunkRepaired {
+        chunk: ChunkId,
+        from: TargetId,
+    },
+    /// No serving peer had a good copy of the committed version: the chunk stays refused (its
+    /// data is lost here until a later repair succeeds). Never zeroed or replaced by anything
+    /// unverified.
+    ChunkUnrepairable {
         chunk: ChunkId,
     },
     /// The replica stopped for good (see [`FenceReason`]); the daemon should take the target
@@ -119,6 +137,8 @@ enum WorkKind {
     SyncApply { from: TargetId, sync: SyncChunk },
     /// Predecessor: send this chunk's committed state to the syncing successor.
     SyncTransfer { resync_id: u64 },
+    /// Any replica: the committed copy failed its checksum; fetch a good one from a chain peer.
+    Repair,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +161,17 @@ enum Phase {
         to: TargetId,
         resend_at_ms: u64,
         message: SyncChunk,
+    },
+    /// Repair: asked `from` for its committed copy (attempt number `attempt`, counted over
+    /// every peer asked).
+    AwaitFetch {
+        from: TargetId,
+        resend_at_ms: u64,
+        attempt: u32,
+    },
+    /// Repair: installing the verified copy at the committed version.
+    RepairReplace {
+        from: TargetId,
     },
 }
 
@@ -167,10 +198,24 @@ struct Slot {
 #[derive(Debug)]
 enum OpPurpose {
     Slot(ChunkId),
-    Read { token: ReplyToken, request: ReadRequest },
-    DumpMeta { to: TargetId, chain_version: ChainVersion, after: Option<ChunkId> },
+    Read {
+        token: ReplyToken,
+        request: ReadRequest,
+    },
+    DumpMeta {
+        to: TargetId,
+        chain_version: ChainVersion,
+        after: Option<ChunkId>,
+    },
     ResolveScan,
-    ResyncScan { resync_id: u64 },
+    ResyncScan {
+        resync_id: u64,
+    },
+    /// Reading the committed copy a peer asked for to repair its own.
+    Fetch {
+        to: TargetId,
+        chunk: ChunkId,
+    },
 }
 
 /// The head's scan for pending versions to roll forward after it became head.
@@ -209,6 +254,28 @@ struct ResyncOut {
     phase: ResyncPhase,
     remote: BTreeMap<ChunkId, ChunkMeta>,
     transfers_outstanding: usize,
+    /// Chunks found to differ so far (final once the local scan is exhausted).
+    chunks_total: u64,
+    /// Transfers the successor acknowledged, and their payload bytes.
+    chunks_done: u64,
+    bytes_done: u64,
+}
+
+/// How far this replica's resync of its successor has come (for the daemon's heartbeat).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// The target being synced.
+    pub successor: TargetId,
+    /// Names this run: a new routing starts a new resync with a new id.
+    pub resync_id: u64,
+    /// Chunks found to differ (full-chunk replaces or removals to send). The local metadata is
+    /// compared page by page (`list_page_len` chunks), so this grows while `scan_complete` is
+    /// false and is final once it is true.
+    pub chunks_total: u64,
+    pub scan_complete: bool,
+    /// Transfers the successor acknowledged, and the payload bytes they carried.
+    pub chunks_done: u64,
+    pub bytes_done: u64,
 }
 
 /// Counters for tests, the simulator and metrics.
@@ -221,6 +288,8 @@ pub struct ReplicaStats {
     pub pending_resolved: u64,
     pub sync_transfers: u64,
     pub reads_not_committed: u64,
+    pub chunks_repaired: u64,
+    pub chunks_unrepairable: u64,
 }
 
 /// See the module docs.
@@ -244,6 +313,9 @@ pub struct Replica {
     resync_out: Option<ResyncOut>,
     next_resync_id: u64,
     sync_done_reported: Option<ChainVersion>,
+    /// Chunks whose last repair found no good copy: work that trips over their corruption again
+    /// is not requeued behind another repair (bounded by `chunks_active_max`).
+    unrepairable: BTreeSet<ChunkId>,
     fenced: Option<FenceReason>,
     outputs: Vec<Output>,
     stats: ReplicaStats,
@@ -274,6 +346,7 @@ impl Replica {
             resync_out: None,
             next_resync_id: 0,
             sync_done_reported: None,
+            unrepairable: BTreeSet::new(),
             fenced: None,
             outputs: Vec::new(),
             stats: ReplicaStats::default(),
@@ -302,6 +375,26 @@ impl Replica {
 
     pub fn stats(&self) -> ReplicaStats {
         self.stats
+    }
+
+    /// The resync of the successor this replica is running, if any (finished or failed ones are
+    /// not reported).
+    pub fn resync_progress(&self) -> Option<ResyncProgress> {
+        let r = self.resync_out.as_ref()?;
+        let scan_complete = match r.phase {
+            ResyncPhase::DumpRemote { .. } => false,
+            ResyncPhase::ScanLocal { exhausted, .. } => exhausted,
+            ResyncPhase::Done { .. } => true,
+            ResyncPhase::Finished | ResyncPhase::Failed => return None,
+        };
+        Some(ResyncProgress {
+            successor: r.successor,
+            resync_id: r.id,
+            chunks_total: r.chunks_total,
+            scan_complete,
+            chunks_done: r.chunks_done,
+            bytes_done: r.bytes_done,
+        })
     }
 
     /// Nothing in flight: no chunk work, no storage op, no scan or resync under way.
@@ -474,6 +567,7 @@ impl Replica {
             WorkKind::SyncTransfer { .. } => {
                 (Phase::ReadForSync, StorageOp::ReadFull { chunk, which: Which::Committed })
             }
+            WorkKind::Repair => (Phase::LoadMeta, StorageOp::GetMeta { chunk }),
         };
         let slot = self.slots.get_mut(&chunk).expect("start on a known chunk");
         slot.active = Some(Active {
@@ -634,6 +728,19 @@ impl Replica {
                 _ => None,
             })
             .collect();
+        let fetches_due: Vec<ChunkId> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.active.as_ref().is_some_and(
+                    |a| matches!(a.phase, Phase::AwaitFetch { resend_at_ms, .. } if resend_at_ms <= now),
+                )
+            })
+            .map(|(c, _)| *c)
+            .collect();
+        for chunk in fetches_due {
+            self.repair_ask_next(chunk);
+        }
         for (chunk, is_update) in due {
             if is_update {
                 let post_commit = matches!(
@@ -879,6 +986,7 @@ impl Replica {
                 let request = StorageOp::SyncReplace { chunk, state: sync.state, data: sync.data };
                 self.issue_for(chunk, Phase::SyncReplace, request);
             }
+            WorkKind::Repair => self.on_repair_meta(chunk, meta),
             kind => {
                 let detail = format!("metadata loaded for {kind:?}");
                 self.fence(FenceReason::Contract(detail));
@@ -1176,6 +1284,7 @@ impl Replica {
             }
             OpPurpose::ResolveScan => self.on_resolve_page(result),
             OpPurpose::ResyncScan { resync_id } => self.on_resync_page(resync_id, result),
+            OpPurpose::Fetch { to, chunk } => self.on_fetch_read(to, chunk, result),
         }
     }
 
@@ -1203,6 +1312,9 @@ impl Replica {
             (Phase::ReadForSync, StorageResult::Data { meta, data }) => {
                 self.on_read_for_sync(chunk, meta, data)
             }
+            (Phase::RepairReplace { from }, StorageResult::Meta(meta)) => {
+                self.on_repair_installed(chunk, from, meta)
+            }
             (phase, result) => {
                 let detail = format!("{chunk}: result {result:?} in phase {phase:?}");
                 self.fence(FenceReason::Contract(detail));
@@ -1227,12 +1339,23 @@ impl Replica {
                     | StoreError::TooLarge { .. }
                     | StoreError::Diverged { .. }
             );
+        if let StoreError::Corrupt { chunk: corrupt } = error {
+            self.outputs.push(Output::ChunkCorrupt { chunk: corrupt });
+            // The committed copy failed its checksum under a write that builds on it or a resync
+            // transfer that sends it: repair it first, then run the work again from the start
+            // (nothing was written). A chunk whose last repair found no good copy is not retried
+            // here (that would loop); the target leaves the chain as before.
+            let restartable = matches!(phase, Phase::WritePending | Phase::ReadForSync);
+            if restartable && corrupt == chunk && !self.unrepairable.contains(&chunk) {
+                let slot = self.slots.get_mut(&chunk).expect("slot of the active work");
+                let work = slot.active.take().expect("active").work;
+                slot.queue.push_front(work);
+                return self.start_repair(chunk);
+            }
+        }
         if !refusable {
             // The store's state for this chunk is no longer what the protocol assumes: leave the
             // chain; resync from the predecessor rebuilds this target.
-            if let StoreError::Corrupt { chunk } = error {
-                self.outputs.push(Output::ChunkCorrupt { chunk });
-            }
             return self.fence(FenceReason::Storage(error));
         }
         // The write did nothing: refuse it.
@@ -1296,8 +1419,11 @@ impl Replica {
         let (meta, data) = match result {
             StorageResult::Data { meta, data } => (meta, data),
             StorageResult::Failed(StoreError::Corrupt { chunk }) => {
+                // The client reads another replica (ChunkCorrupt is retried elsewhere); this one
+                // repairs its copy from a peer.
                 self.outputs.push(Output::ChunkCorrupt { chunk });
-                return self.reply_read_refused(token, ErrorCode::ChunkCorrupt);
+                self.reply_read_refused(token, ErrorCode::ChunkCorrupt);
+                return self.start_repair(chunk);
             }
             StorageResult::Failed(error) => {
                 let code = error.code();
@@ -1340,7 +1466,8 @@ impl Replica {
                     // checksum whenever the read covers it.
                     error!(target_id = %self.target, chunk = %meta.chunk, "read returned bytes that do not match the chunk metadata");
                     self.outputs.push(Output::ChunkCorrupt { chunk: meta.chunk });
-                    return self.reply_read_refused(token, ErrorCode::ChunkCorrupt);
+                    self.reply_read_refused(token, ErrorCode::ChunkCorrupt);
+                    return self.start_repair(meta.chunk);
                 }
                 let ok = ReadOk {
                     version: committed.version,
@@ -1562,6 +1689,9 @@ impl Replica {
             phase: ResyncPhase::DumpRemote { after: None, resend_at_ms: self.resend_at() },
             remote: BTreeMap::new(),
             transfers_outstanding: 0,
+            chunks_total: 0,
+            chunks_done: 0,
+            bytes_done: 0,
         });
         let message = PeerMessage::DumpMetaRequest {
             chain: self.chain,
@@ -1705,6 +1835,7 @@ impl Replica {
             }
         }
         r.transfers_outstanding += transfers.len();
+        r.chunks_total += transfers.len() as u64;
         for chunk in transfers {
             self.stats.sync_transfers += 1;
             let work = Work {
@@ -1767,9 +1898,16 @@ impl Replica {
             return;
         }
         let Some(active) = self.active_mut(chunk) else { return };
-        if matches!(active.phase, Phase::AwaitSyncAck { to, .. } if to == from) {
-            self.finish(chunk);
+        let Phase::AwaitSyncAck { to, message, .. } = &active.phase else { return };
+        if *to != from {
+            return;
         }
+        let bytes = message.data.len() as u64;
+        if let Some(r) = self.resync_out.as_mut() {
+            r.chunks_done += 1;
+            r.bytes_done += bytes;
+        }
+        self.finish(chunk);
     }
 
     fn on_sync_done_ack(&mut self, from: TargetId, chain_version: ChainVersion) {
@@ -1781,6 +1919,201 @@ impl Replica {
             debug!(target_id = %self.target, successor = %from, "resync finished");
             r.phase = ResyncPhase::Finished;
         }
+    }
+
+    // ----- repair of a chunk corrupted on disk -----
+
+    /// Queues a repair of `chunk` ahead of its other work (once: a repair already queued moves
+    /// to the front, an active one is left alone).
+    fn start_repair(&mut self, chunk: ChunkId) {
+        if self.view.is_none() {
+            return; // no chain known: no peer to ask
+        }
+        if !self.slots.contains_key(&chunk) && self.slots.len() >= self.config.chunks_active_max {
+            warn!(target_id = %self.target, %chunk, "corrupt chunk not repaired now: too many chunks active");
+            return;
+        }
+        let slot = self.slots.entry(chunk).or_default();
+        if slot.active.as_ref().is_some_and(|a| matches!(a.work.kind, WorkKind::Repair)) {
+            return;
+        }
+        slot.queue.retain(|w| !matches!(w.kind, WorkKind::Repair));
+        let work = Work { kind: WorkKind::Repair, replies: Vec::new(), held_bytes: 0 };
+        slot.queue.push_front(work);
+        self.pump(chunk);
+    }
+
+    /// The chain's serving targets other than this one, predecessor and successor first.
+    fn repair_peers(&self) -> Vec<TargetId> {
+        let (Some(routing), Some(view)) = (&self.routing, &self.view) else { return Vec::new() };
+        let serving: Vec<TargetId> = routing.readable().filter(|t| *t != self.target).collect();
+        let mut peers: Vec<TargetId> = Vec::with_capacity(serving.len());
+        let near = [view.predecessor, view.successor.map(|s| s.target)];
+        for t in near.into_iter().flatten() {
+            if serving.contains(&t) && !peers.contains(&t) {
+                peers.push(t);
+            }
+        }
+        peers.extend(serving.into_iter().filter(|t| !near.contains(&Some(*t))));
+        peers
+    }
+
+    fn on_repair_meta(&mut self, chunk: ChunkId, meta: ChunkMeta) {
+        let c = meta.committed;
+        if c.version.0 == 0 || c.removed || c.length_bytes == 0 {
+            // Nothing committed to repair any more (removed or replaced meanwhile).
+            return self.finish(chunk);
+        }
+        if meta.pending.is_some() {
+            // Installing a copy would drop the pending version, which a successor may already
+            // hold. Leave the chunk refused; it is repaired once a later read finds it corrupt
+            // with no pending version.
+            warn!(target_id = %self.target, %chunk, "corrupt chunk has a pending version; repair deferred");
+            self.note_unrepairable(chunk);
+            return self.finish(chunk);
+        }
+        self.active_mut(chunk).expect("active").committed = Some(c);
+        self.repair_ask_next(chunk);
+    }
+
+    /// Asks the next peer (round robin) for its committed copy, or gives up after
+    /// [`REPAIR_ROUNDS_MAX`] rounds.
+    fn repair_ask_next(&mut self, chunk: ChunkId) {
+        let peers = self.repair_peers();
+        let resend_at_ms = self.resend_at();
+        let (chain, chain_version) = (self.chain, self.chain_version());
+        let Some(active) = self.active_mut(chunk) else { return };
+        let attempt = match active.phase {
+            Phase::AwaitFetch { attempt, .. } => attempt + 1,
+            _ => 0,
+        };
+        let attempts_max = (peers.len() as u32).saturating_mul(REPAIR_ROUNDS_MAX);
+        if attempt >= attempts_max {
+            return self.repair_give_up(chunk);
+        }
+        let from = peers[attempt as usize % peers.len()];
+        active.phase = Phase::AwaitFetch { from, resend_at_ms, attempt };
+        debug!(target_id = %self.target, %chunk, %from, attempt, "asking a peer for a good copy");
+        self.send(from, PeerMessage::FetchChunk { chain, chain_version, chunk });
+    }
+
+    fn on_fetch_reply(&mut self, from: TargetId, fetched: FetchedChunk) {
+        let chunk = fetched.chunk;
+        let target = self.target;
+        let Some(active) = self.active_mut(chunk) else { return };
+        let Phase::AwaitFetch { from: asked, .. } = active.phase else { return };
+        if asked != from || !matches!(active.work.kind, WorkKind::Repair) {
+            return; // a late answer to an earlier request
+        }
+        let local = active.committed.expect("the repair loaded the chunk's metadata");
+        // Verified against what this replica recorded when the version committed: same version,
+        // same length, and the bytes' CRC32C equal to the recorded one.
+        let good = fetched.state.is_some_and(|s| {
+            s.version == local.version
+                && !s.removed
+                && s.length_bytes == local.length_bytes
+                && s.checksum == local.checksum
+        }) && fetched.data.len() == local.length_bytes as usize
+            && fetched.checksum == local.checksum
+            && crc32c::crc32c(&fetched.data) == local.checksum;
+        if !good {
+            warn!(target_id = %target, %chunk, %from, offered = ?fetched.state, want = ?local, "peer has no good copy of the committed version");
+            return self.repair_ask_next(chunk);
+        }
+        let request = StorageOp::SyncReplace { chunk, state: Some(local), data: fetched.data };
+        self.issue_for(chunk, Phase::RepairReplace { from }, request);
+    }
+
+    fn on_repair_installed(&mut self, chunk: ChunkId, from: TargetId, meta: ChunkMeta) {
+        let active = self.active_mut(chunk).expect("active");
+        let local = active.committed.expect("repair state");
+        if meta.committed.digest() != local.digest() || meta.pending.is_some() {
+            let detail = format!("{chunk}: repair install left {meta:?}, expected {local:?}");
+            return self.fence(FenceReason::Contract(detail));
+        }
+        self.unrepairable.remove(&chunk);
+        self.stats.chunks_repaired += 1;
+        self.outputs.push(Output::ChunkRepaired { chunk, from });
+        self.finish(chunk);
+    }
+
+    fn repair_give_up(&mut self, chunk: ChunkId) {
+        error!(target_id = %self.target, %chunk, "no serving peer has a good copy of the corrupt chunk; it stays refused");
+        self.note_unrepairable(chunk);
+        self.stats.chunks_unrepairable += 1;
+        self.outputs.push(Output::ChunkUnrepairable { chunk });
+        self.finish(chunk);
+    }
+
+    fn note_unrepairable(&mut self, chunk: ChunkId) {
+        if self.unrepairable.len() >= self.config.chunks_active_max {
+            self.unrepairable.pop_first();
+        }
+        self.unrepairable.insert(chunk);
+    }
+
+    /// A chain member asks for this replica's committed copy of `chunk` to repair its own.
+    fn on_fetch_request(&mut self, from: TargetId, chunk: ChunkId) {
+        let member =
+            self.routing.as_ref().is_some_and(|r| r.targets.iter().any(|t| t.target == from));
+        if !member || self.reads_inflight >= self.config.reads_inflight_max {
+            return; // not a chain member, or busy: the asker moves on or asks again
+        }
+        let asked = self
+            .ops
+            .values()
+            .any(|p| matches!(p, OpPurpose::Fetch { to, chunk: c } if *to == from && *c == chunk));
+        if asked {
+            return;
+        }
+        self.reads_inflight += 1;
+        let request = StorageOp::ReadFull { chunk, which: Which::Committed };
+        self.issue(OpPurpose::Fetch { to: from, chunk }, request);
+    }
+
+    fn on_fetch_read(&mut self, to: TargetId, chunk: ChunkId, result: StorageResult) {
+        self.reads_inflight -= 1;
+        let none = (None, Bytes::new());
+        let (state, data) = match result {
+            StorageResult::Data { meta, data } => {
+                let c = meta.committed;
+                let ok = c.version.0 > 0
+                    && !c.removed
+                    && data.len() == c.length_bytes as usize
+                    && crc32c::crc32c(&data) == c.checksum;
+                if ok { (Some(c), data) } else { none }
+            }
+            StorageResult::Failed(StoreError::Corrupt { chunk: corrupt }) => {
+                // Corrupt here too: say so, and repair this copy as well (unless its last repair
+                // found no good copy: two corrupt replicas asking each other would never stop).
+                self.outputs.push(Output::ChunkCorrupt { chunk: corrupt });
+                if !self.unrepairable.contains(&corrupt) {
+                    self.start_repair(corrupt);
+                }
+                none
+            }
+            StorageResult::Failed(error) => {
+                if error.is_fatal() {
+                    self.fence(FenceReason::Storage(error));
+                    return;
+                }
+                none
+            }
+            other => {
+                return self.fence(FenceReason::Contract(format!("read answered {other:?}")));
+            }
+        };
+        // Verified above: the bytes' CRC32C is the committed one.
+        let checksum = state.map_or(0, |s| s.checksum);
+        let message = FetchedChunk {
+            chain: self.chain,
+            chain_version: self.chain_version(),
+            chunk,
+            state,
+            data,
+            checksum,
+        };
+        self.send(to, PeerMessage::FetchChunkReply(message));
     }
 
     // ----- peer dispatch -----
@@ -1812,6 +2145,8 @@ impl Replica {
             PeerMessage::SyncDoneAck { chain_version, .. } => {
                 self.on_sync_done_ack(from, chain_version)
             }
+            PeerMessage::FetchChunk { chunk, .. } => self.on_fetch_request(from, chunk),
+            PeerMessage::FetchChunkReply(fetched) => self.on_fetch_reply(from, fetched),
         }
     }
 }

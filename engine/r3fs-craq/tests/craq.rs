@@ -231,6 +231,120 @@ fn corrupted_payloads_are_refused_at_every_hop() {
 }
 
 #[test]
+fn a_chunk_corrupted_on_disk_is_repaired_from_a_peer_at_the_same_version() {
+    let mut m = Manual::new(3);
+    let c = chunk(1);
+    let t = m.write(target(1), 1, c, Update::Replace { data: bytes(b"first") }, tag(1, 1));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(1));
+    let t = m.write(target(1), 1, c, Update::Replace { data: bytes(b"good data") }, tag(1, 2));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(2));
+
+    // The middle replica's committed bytes rot: the read is refused (the client reads another
+    // replica) and the replica fetches a verified copy from a peer.
+    assert!(m.nodes.get_mut(&target(2)).expect("node").1.corrupt_committed(c));
+    assert_eq!(refused_code(&m.read(target(2), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    assert!(
+        m.messages.iter().any(|(from, to, msg)| *from == target(2)
+            && *to == target(1)
+            && matches!(msg, PeerMessage::FetchChunk { .. })),
+        "the predecessor is asked first: {:?}",
+        m.messages
+    );
+    m.deliver_all();
+    assert!(m.replies.iter().any(|(t, o)| *t == target(2)
+        && matches!(o, Output::ChunkRepaired { chunk, from } if *chunk == c && *from == target(1))));
+    assert_eq!(data(&m.read(target(2), 1, c)), (ChunkVersion(2), b"good data".to_vec()));
+    assert_eq!(m.nodes[&target(2)].0.stats().chunks_repaired, 1);
+
+    // Writes go on through the repaired replica.
+    let t =
+        m.write(target(1), 1, c, Update::Write { offset_bytes: 0, data: bytes(b"G") }, tag(1, 3));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(3));
+    for r in 1..=3 {
+        assert_eq!(data(&m.read(target(r), 1, c)), (ChunkVersion(3), b"Good data".to_vec()));
+    }
+}
+
+#[test]
+fn a_write_onto_a_corrupt_base_waits_for_the_repair() {
+    let mut m = Manual::new(2);
+    let c = chunk(1);
+    let t = m.write(target(1), 1, c, Update::Replace { data: bytes(b"base bytes") }, tag(1, 1));
+    m.deliver_all();
+    committed(m.take_write(t));
+    // The head's committed copy is corrupt; a partial write needs it as its base.
+    assert!(m.nodes.get_mut(&target(1)).expect("node").1.corrupt_committed(c));
+    let t =
+        m.write(target(1), 1, c, Update::Write { offset_bytes: 0, data: bytes(b"B") }, tag(1, 2));
+    m.deliver_all();
+    assert_eq!(committed(m.take_write(t)).version, ChunkVersion(2));
+    assert!(m.nodes[&target(1)].0.fenced().is_none(), "repaired, not fenced");
+    for r in 1..=2 {
+        assert_eq!(data(&m.read(target(r), 1, c)), (ChunkVersion(2), b"Base bytes".to_vec()));
+    }
+}
+
+#[test]
+fn a_chunk_corrupt_on_every_replica_stays_refused_and_is_reported_lost() {
+    let mut m = Manual::new(2);
+    let c = chunk(1);
+    let t = m.write(target(1), 1, c, Update::Replace { data: bytes(b"data") }, tag(1, 1));
+    m.deliver_all();
+    committed(m.take_write(t));
+    for r in 1..=2 {
+        assert!(m.nodes.get_mut(&target(r)).expect("node").1.corrupt_committed(c));
+    }
+    assert_eq!(refused_code(&m.read(target(1), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    m.deliver_all(); // terminates: the two corrupt replicas do not ask each other forever
+    assert!(
+        m.replies.iter().any(|(t, o)| *t == target(1)
+            && matches!(o, Output::ChunkUnrepairable { chunk } if *chunk == c))
+    );
+    assert!(!m.replies.iter().any(|(_, o)| matches!(o, Output::ChunkRepaired { .. })));
+    for r in 1..=2 {
+        // Still refused, never served as zeros or as the rotten bytes.
+        assert_eq!(refused_code(&m.read(target(r), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    }
+    m.deliver_all();
+}
+
+#[test]
+fn a_peer_copy_that_does_not_match_the_committed_metadata_is_never_installed() {
+    let mut m = Manual::new(2);
+    let c = chunk(1);
+    let t = m.write(target(1), 1, c, Update::Replace { data: bytes(b"data") }, tag(1, 1));
+    m.deliver_all();
+    committed(m.take_write(t));
+    assert!(m.nodes.get_mut(&target(2)).expect("node").1.corrupt_committed(c));
+    assert_eq!(refused_code(&m.read(target(2), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    // A forged answer: the right version and checksum claim, other bytes.
+    let (from, to, PeerMessage::FetchChunk { chain, chain_version, .. }) =
+        m.messages.pop_front().expect("fetch request")
+    else {
+        panic!("expected a fetch request")
+    };
+    assert_eq!((from, to), (target(2), target(1)));
+    let state = m.nodes[&target(1)].1.meta(c).expect("meta").committed;
+    let forged = r3fs_craq::FetchedChunk {
+        chain,
+        chain_version,
+        chunk: c,
+        state: Some(state),
+        data: bytes(b"dat!"),
+        checksum: state.checksum,
+    };
+    let message = PeerMessage::FetchChunkReply(forged);
+    m.handle(target(2), Input::Peer { from: target(1), message });
+    assert_eq!(refused_code(&m.read(target(2), 1, c)), Some(ErrorCode::ChunkCorrupt));
+    // The next peer ask (the only peer, again) gets the real copy.
+    m.deliver_all();
+    assert_eq!(data(&m.read(target(2), 1, c)).1, b"data".to_vec());
+}
+
+#[test]
 fn a_restarted_head_resolves_pending_versions_without_a_client_retry() {
     let mut m = Manual::new(1);
     let (head, c) = (target(1), chunk(1));

@@ -174,7 +174,13 @@ pub async fn run(setup: ControlSetup) {
                     chain_version: r.chain_version,
                     used_bytes: r.used_bytes,
                     total_bytes: r.total_bytes,
-                    resync: None,
+                    resync: r.resync.map(|p| pb::ResyncProgress {
+                        target_id: p.target.0,
+                        chunks_total: p.chunks_total,
+                        chunks_done: p.chunks_done,
+                        bytes_done: p.bytes_done,
+                        started_unix_ms: p.started_unix_ms,
+                    }),
                 })
                 .collect(),
         };

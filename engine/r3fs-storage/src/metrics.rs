@@ -26,6 +26,9 @@ struct TargetMetrics {
     public_state: Gauge,
     used_bytes: Gauge,
     capacity_bytes: Gauge,
+    corrupt_chunks: Counter,
+    chunks_repaired: Counter,
+    chunks_unrepairable: Counter,
 }
 
 impl TargetMetrics {
@@ -68,6 +71,21 @@ impl TargetMetrics {
             ),
             used_bytes: registry.gauge("r3fs_storage_target_used_bytes", "Bytes used by the target's chunks", &one),
             capacity_bytes: registry.gauge("r3fs_storage_target_capacity_bytes", "Capacity of the target", &one),
+            corrupt_chunks: registry.counter(
+                "r3fs_storage_corrupt_chunks_total",
+                "Chunks found failing their checksum on disk (each detection: a read, a write's base, a resync transfer or a peer's repair request)",
+                &one,
+            ),
+            chunks_repaired: registry.counter(
+                "r3fs_storage_chunks_repaired_total",
+                "Corrupt chunks rewritten with a verified copy from a chain peer",
+                &one,
+            ),
+            chunks_unrepairable: registry.counter(
+                "r3fs_storage_chunks_unrepairable_total",
+                "Corrupt chunks no serving peer had a good copy of (data lost on this target; reads stay refused)",
+                &one,
+            ),
         }
     }
 }
@@ -126,6 +144,21 @@ pub fn report(
         m.used_bytes.set(i64::try_from(used_bytes).unwrap_or(i64::MAX));
         m.capacity_bytes.set(i64::try_from(capacity_bytes).unwrap_or(i64::MAX));
     });
+}
+
+/// A chunk of `target` failed its checksum on disk.
+pub fn chunk_corrupt(target: TargetId) {
+    with_target(target, |m| m.corrupt_chunks.inc());
+}
+
+/// A corrupt chunk of `target` was repaired from a chain peer.
+pub fn chunk_repaired(target: TargetId) {
+    with_target(target, |m| m.chunks_repaired.inc());
+}
+
+/// A corrupt chunk of `target` found no good copy on any serving peer.
+pub fn chunk_unrepairable(target: TargetId) {
+    with_target(target, |m| m.chunks_unrepairable.inc());
 }
 
 /// The target's public state in the latest routing.

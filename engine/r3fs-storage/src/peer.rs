@@ -29,8 +29,8 @@
 
 use bytes::Bytes;
 use r3fs_craq::{
-    ChunkMeta, ChunkState, Digest, ForwardedUpdate, PeerMessage, RefuseReason, SyncChunk, Update,
-    UpdateAck, UpdateRefused, UpdateTag,
+    ChunkMeta, ChunkState, Digest, FetchedChunk, ForwardedUpdate, PeerMessage, RefuseReason,
+    SyncChunk, Update, UpdateAck, UpdateRefused, UpdateTag,
 };
 use r3fs_types::{ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, ErrorCode, TargetId};
 
@@ -252,6 +252,8 @@ const KIND_SYNC_ACK: u8 = 7;
 const KIND_SYNC_REFUSED: u8 = 8;
 const KIND_SYNC_DONE: u8 = 9;
 const KIND_SYNC_DONE_ACK: u8 = 10;
+const KIND_FETCH_CHUNK: u8 = 11;
+const KIND_FETCH_CHUNK_REPLY: u8 = 12;
 
 /// Encodes a message into its head (fixed + message header) and its payload (shared, not
 /// copied). `chunk_size` travels with updates so the successor stages with the file's chunk size.
@@ -344,6 +346,18 @@ pub fn encode(
             (KIND_SYNC_DONE_ACK, Bytes::new(), 0)
         }
     };
+        PeerMessage::FetchChunk { chain, chain_version, chunk } => {
+            w.chain(*chain, *chain_version);
+            w.chunk(*chunk);
+            (KIND_FETCH_CHUNK, Bytes::new(), 0)
+        }
+        PeerMessage::FetchChunkReply(f) => {
+            w.chain(f.chain, f.chain_version);
+            w.chunk(f.chunk);
+            w.opt_state(f.state.as_ref());
+            w.u32(f.checksum);
+            (KIND_FETCH_CHUNK_REPLY, f.data.clone(), f.checksum)
+        }
     let header = w.0;
     let header_len =
         u32::try_from(header.len()).ok().filter(|&len| len <= PEER_HEADER_LEN_MAX).ok_or(
@@ -398,7 +412,7 @@ pub fn decode_head(buf: &[u8], payload_len_max: u32) -> Res<Result<PeerHead, usi
         return Err(PeerFrameError::Version(buf[4]));
     }
     let kind = buf[5];
-    if !(KIND_UPDATE..=KIND_SYNC_DONE_ACK).contains(&kind) {
+    if !(KIND_UPDATE..=KIND_FETCH_CHUNK_REPLY).contains(&kind) {
         return Err(PeerFrameError::Kind(kind));
     }
     if buf[6..8] != [0, 0] {
@@ -581,6 +595,22 @@ impl PeerHead {
             }
             other => return Err(PeerFrameError::Kind(other)),
         };
+            KIND_FETCH_CHUNK => {
+                no_payload(&payload)?;
+                let (chain, chain_version) = r.chain()?;
+                PeerMessage::FetchChunk { chain, chain_version, chunk: r.chunk()? }
+            }
+            KIND_FETCH_CHUNK_REPLY => {
+                let (chain, chain_version) = r.chain()?;
+                PeerMessage::FetchChunkReply(FetchedChunk {
+                    chain,
+                    chain_version,
+                    chunk: r.chunk()?,
+                    state: r.opt_state()?,
+                    checksum: r.u32()?,
+                    data: payload,
+                })
+            }
         r.finish()?;
         Ok(PeerFrame { from: self.from, to: self.to, message, chunk_size })
     }
@@ -688,6 +718,15 @@ mod tests {
             chain: c,
             chain_version: v,
             chunk: chunk(),
+            chain: c,
+            chain_version: v,
+            chunk: chunk(),
+            state: Some(state(4)),
+            checksum: crc32c::crc32c(&data),
+            data: data.clone(),
+        }));
+        round_trip(PeerMessage::FetchChunk { chain: c, chain_version: v, chunk: chunk() });
+        round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
             state: Some(state(4)),
             checksum: crc32c::crc32c(&data),
             data,
@@ -695,6 +734,14 @@ mod tests {
         round_trip(PeerMessage::SyncAck { chain: c, chain_version: v, chunk: chunk() });
         round_trip(PeerMessage::SyncDone { chain: c, chain_version: v });
         round_trip(PeerMessage::SyncDoneAck { chain: c, chain_version: v });
+        round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
+            chain: c,
+            chain_version: v,
+            chunk: chunk(),
+            state: None,
+            checksum: 0,
+            data: Bytes::new(),
+        }));
     }
 
     /// A resync page of many entries without a pending state (the common case after a restart)

@@ -74,6 +74,21 @@ pub struct TargetReport {
     pub chain_version: u32,
     /// The store's configured capacity.
     pub total_bytes: u64,
+    /// Set while this target resyncs its successor (a chain predecessor's report).
+    pub resync: Option<ResyncReport>,
+}
+
+/// How far a target's resync of its successor has come (`mgmtd.proto` `ResyncProgress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncReport {
+    /// The target being synced.
+    pub target: TargetId,
+    /// Chunks found to differ so far; final once the predecessor's metadata scan is complete.
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub bytes_done: u64,
+    /// Wall-clock milliseconds when this shard first saw the resync running.
+    pub started_unix_ms: u64,
 }
 
 /// What a shard tells the control thread.
@@ -118,6 +133,9 @@ struct TargetSlot {
     rejoining: bool,
     /// The store failed: the target is offline until the daemon restarts.
     failed: bool,
+    /// The resync of the successor this target runs: (replica generation, resync id, start in
+    /// unix milliseconds), so a report names when it began.
+    resync_started: Option<(u64, u64, u64)>,
 }
 
 /// Where a replica's answer goes.
@@ -349,6 +367,7 @@ fn insert_target(
             claim_chain_version: 0,
             rejoining,
             failed: false,
+            resync_started: None,
         },
     );
     if let Some(routing) = s.routing.clone() {
@@ -590,7 +609,16 @@ fn drive(shard: &ShardRc, s: &mut Shard, target: TargetId, input: Input) {
                 }
             }
             Output::ChunkCorrupt { chunk } => {
-                error!(shard = s.index, %target, %chunk, "chunk failed its checksum on disk");
+                warn!(shard = s.index, %target, %chunk, "chunk failed its checksum on disk; refused and repairing from a chain peer");
+                crate::metrics::chunk_corrupt(target);
+            }
+            Output::ChunkRepaired { chunk, from } => {
+                info!(shard = s.index, %target, %chunk, %from, "corrupt chunk repaired with a verified copy from a chain peer");
+                crate::metrics::chunk_repaired(target);
+            }
+            Output::ChunkUnrepairable { chunk } => {
+                error!(shard = s.index, %target, %chunk, "corrupt chunk has no good copy on any serving peer: its data is lost here and reads stay refused");
+                crate::metrics::chunk_unrepairable(target);
             }
             Output::Fenced { reason } => {
                 let index = s.index;
@@ -762,11 +790,12 @@ async fn tick_loop(shard: ShardRc) {
 async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
     loop {
         let (index, reports) = {
-            let s = shard.borrow();
+            let mut s = shard.borrow_mut();
             let reports = s
                 .targets
-                .iter()
+                .iter_mut()
                 .map(|(target, slot)| {
+                    let resync = resync_report(slot);
                     let space = slot.store.store().space();
                     crate::metrics::report(
                         *target,
@@ -780,6 +809,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
                         chain_version: slot.claim_chain_version,
                         used_bytes: space.used_bytes,
                         total_bytes: space.capacity_bytes,
+                        resync,
                     }
                 })
                 .collect();
@@ -790,6 +820,32 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
         let _ = events.try_send(ShardEvent::Reports { shard: index, reports });
         glommio::timer::sleep(Duration::from_millis(REPORT_INTERVAL_MS)).await;
     }
+}
+
+/// The resync `slot`'s replica runs, stamped with when this shard first saw it.
+fn resync_report(slot: &mut TargetSlot) -> Option<ResyncReport> {
+    let Some(progress) = slot.replica.as_ref().and_then(|r| r.resync_progress()) else {
+        slot.resync_started = None;
+        return None;
+    };
+    let key = (slot.generation, progress.resync_id);
+    let started_unix_ms = match slot.resync_started {
+        Some((generation, id, started)) if (generation, id) == key => started,
+        _ => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            slot.resync_started = Some((key.0, key.1, now));
+            now
+        }
+    };
+    Some(ResyncReport {
+        target: progress.successor,
+        chunks_total: progress.chunks_total,
+        chunks_done: progress.chunks_done,
+        bytes_done: progress.bytes_done,
+        started_unix_ms,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

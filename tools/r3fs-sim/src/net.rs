@@ -109,6 +109,8 @@ impl Payload {
                 PeerMessage::SyncRefused { .. } => "sync-refused",
                 PeerMessage::SyncDone { .. } => "sync-done",
                 PeerMessage::SyncDoneAck { .. } => "sync-done-ack",
+                PeerMessage::FetchChunk { .. } => "fetch-chunk",
+                PeerMessage::FetchChunkReply(_) => "fetch-chunk-reply",
             },
             Payload::Request { request: Request::Write(_), .. } => "write",
             Payload::Request { request: Request::Read(_), .. } => "read",

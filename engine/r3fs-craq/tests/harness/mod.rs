@@ -449,6 +449,7 @@ impl Sim {
                     self.nodes.get_mut(&from).expect("node").sync_done = Some(chain_version)
                 }
                 Output::ChunkCorrupt { .. } => self.corrupt_reports += 1,
+                Output::ChunkRepaired { .. } | Output::ChunkUnrepairable { .. } => {}
                 Output::Fenced { reason } => {
                     println!("step {}: {from} fenced: {reason:?}", self.step);
                     self.nodes.get_mut(&from).expect("node").fenced = true;

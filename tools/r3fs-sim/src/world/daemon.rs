@@ -228,7 +228,9 @@ impl World {
                 let host = self.targets.get_mut(&target).expect("hosted target");
                 host.claims_up_to_date = Some(chain_version);
             }
-            Output::ChunkCorrupt { chunk } => self.fail(
+            Output::ChunkCorrupt { chunk }
+            | Output::ChunkRepaired { chunk, .. }
+            | Output::ChunkUnrepairable { chunk } => self.fail(
                 ViolationKind::Contract,
                 format!("{target} reports chunk {chunk} corrupt, but no corruption was injected"),
             ),
