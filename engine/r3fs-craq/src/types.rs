@@ -37,6 +37,10 @@ pub enum Update {
     Write { offset_bytes: u32, data: Bytes },
     /// Set the length, cutting or zero-extending.
     Truncate { length_bytes: u32 },
+    /// Grow with zeros to at least `length_bytes`; a chunk already that long keeps its bytes (the
+    /// new version has the same content). Unlike `Truncate`, its result depends on the base, so a
+    /// replica whose base differs finds out through the digest check like for a partial write.
+    Extend { length_bytes: u32 },
     /// Remove the chunk. Its versions live on in a tombstone so that versions only grow.
     Remove,
     /// Replace the whole content. Used between replicas when a successor must not depend on its
@@ -52,6 +56,7 @@ impl fmt::Debug for Update {
                 write!(f, "Write {{ offset_bytes: {offset_bytes}, len: {} }}", data.len())
             }
             Update::Truncate { length_bytes } => write!(f, "Truncate {{ {length_bytes} }}"),
+            Update::Extend { length_bytes } => write!(f, "Extend {{ {length_bytes} }}"),
             Update::Remove => f.write_str("Remove"),
             Update::Replace { data } => write!(f, "Replace {{ len: {} }}", data.len()),
         }
@@ -73,7 +78,7 @@ impl Update {
     pub fn payload(&self) -> &[u8] {
         match self {
             Update::Write { data, .. } | Update::Replace { data } => data,
-            Update::Truncate { .. } | Update::Remove => &[],
+            Update::Truncate { .. } | Update::Extend { .. } | Update::Remove => &[],
         }
     }
 
@@ -89,7 +94,9 @@ impl Update {
     pub fn check_size(&self, chunk_size_bytes_max: u32) -> Result<(), ApplyError> {
         let length_bytes = match self {
             Update::Write { offset_bytes, data } => u64::from(*offset_bytes) + data.len() as u64,
-            Update::Truncate { length_bytes } => u64::from(*length_bytes),
+            Update::Truncate { length_bytes } | Update::Extend { length_bytes } => {
+                u64::from(*length_bytes)
+            }
             Update::Remove => 0,
             Update::Replace { data } => data.len() as u64,
         };
@@ -118,6 +125,13 @@ impl Update {
             Update::Truncate { length_bytes } => {
                 let mut content = base.to_vec();
                 content.resize(*length_bytes as usize, 0);
+                Applied { content, removed: false }
+            }
+            Update::Extend { length_bytes } => {
+                let mut content = base.to_vec();
+                if content.len() < *length_bytes as usize {
+                    content.resize(*length_bytes as usize, 0);
+                }
                 Applied { content, removed: false }
             }
             Update::Remove => Applied { content: Vec::new(), removed: true },
@@ -264,6 +278,12 @@ mod tests {
         assert_eq!(t.content, b"abc");
         let t = Update::Truncate { length_bytes: 5 }.apply(b"ab", 16).expect("fits");
         assert_eq!(t.content, b"ab\0\0\0");
+        let e = Update::Extend { length_bytes: 5 }.apply(b"ab", 16).expect("fits");
+        assert_eq!(e.content, b"ab\0\0\0");
+        let e = Update::Extend { length_bytes: 2 }.apply(b"abcdef", 16).expect("fits");
+        assert_eq!(e.content, b"abcdef", "never shrinks");
+        let e = Update::Extend { length_bytes: 3 }.apply(b"", 16).expect("fits");
+        assert!(!e.removed && e.content == b"\0\0\0", "creates a removed or absent chunk");
         let r = Update::Remove.apply(b"abc", 16).expect("fits");
         assert!(r.removed && r.content.is_empty());
         let r = Update::Replace { data: Bytes::from_static(b"q") }.apply(b"abc", 16).expect("fits");
@@ -279,6 +299,7 @@ mod tests {
         );
         assert!(Update::Truncate { length_bytes: 17 }.check_size(16).is_err());
         assert!(Update::Truncate { length_bytes: 16 }.check_size(16).is_ok());
+        assert!(Update::Extend { length_bytes: 17 }.check_size(16).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Property: for random client scripts (writes, truncates, removes, replaces and reads on a few
-//! chunks), random message interleavings (FIFO per link), random storage completion order, message
-//! loss and corruption, and optionally one target failing mid-run, every replica ends with exactly
-//! the state of a simple model that applies the acknowledged writes in version order; each write
-//! is applied once; no read returns uncommitted data or anything older than what a client had
+//! Property: for random client scripts (writes, truncates, extends, removes, replaces and reads on
+//! a few chunks), random message interleavings (FIFO per link), random storage completion order,
+//! message loss and corruption, and optionally one target failing mid-run, every replica ends with
+//! exactly the state of a simple model that applies the acknowledged writes in version order; each
+//! write is applied once; no read returns uncommitted data or anything older than what a client had
 //! already observed.
 
 mod harness;
@@ -21,6 +21,10 @@ fn op() -> impl Strategy<Value = ClientOp> {
         1 => (chunk_index.clone(), 0..96u32).prop_map(|(c, length_bytes)| ClientOp::Write {
             chunk: chunk(c),
             update: Update::Truncate { length_bytes },
+        }),
+        1 => (chunk_index.clone(), 0..96u32).prop_map(|(c, length_bytes)| ClientOp::Write {
+            chunk: chunk(c),
+            update: Update::Extend { length_bytes },
         }),
         1 => chunk_index.clone().prop_map(|c| ClientOp::Write { chunk: chunk(c), update: Update::Remove }),
         1 => (chunk_index.clone(), proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(c, data)| {

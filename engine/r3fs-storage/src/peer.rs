@@ -274,6 +274,7 @@ pub fn encode(
                 Update::Truncate { length_bytes } => (2, 0, *length_bytes, Bytes::new()),
                 Update::Remove => (3, 0, 0, Bytes::new()),
                 Update::Replace { data } => (4, 0, 0, data.clone()),
+                Update::Extend { length_bytes } => (5, 0, *length_bytes, Bytes::new()),
             };
             w.u8(code);
             w.u32(offset);
@@ -495,6 +496,7 @@ impl PeerHead {
                     2 => Update::Truncate { length_bytes: length },
                     3 => Update::Remove,
                     4 => Update::Replace { data: payload },
+                    5 => Update::Extend { length_bytes: length },
                     _ => return Err(PeerFrameError::Malformed("update kind")),
                 };
                 PeerMessage::Update(ForwardedUpdate {
@@ -661,6 +663,7 @@ mod tests {
             Update::Truncate { length_bytes: 3 },
             Update::Remove,
             Update::Replace { data: data.clone() },
+            Update::Extend { length_bytes: 12 },
         ] {
             round_trip(PeerMessage::Update(ForwardedUpdate {
                 chain: c,

@@ -1272,8 +1272,6 @@ fn handle_request(
                 || (request.kind == UpdateKind::Write && request.length == 0)
             {
                 Some(ErrorCode::InvalidArgument)
-            } else if request.kind == UpdateKind::Extend {
-                Some(ErrorCode::NotSupported)
             } else {
                 None
             };
@@ -1285,7 +1283,8 @@ fn handle_request(
                 UpdateKind::Truncate => Update::Truncate { length_bytes: request.length },
                 UpdateKind::Remove => Update::Remove,
                 UpdateKind::FullReplace => Update::Replace { data: payload },
-                UpdateKind::Extend => unreachable!("refused above"),
+                // Grow to at least the end of the range (checked against the chunk size above).
+                UpdateKind::Extend => Update::Extend { length_bytes: end as u32 },
             };
             remember_chunk_size(&mut s, request.chunk_id, request.chunk_size);
             let token = ReplyToken(s.next_token);

@@ -175,6 +175,7 @@ impl<D: Device> TargetStore<D> {
                 crc: crc32c::crc32c(data),
             },
             Update::Truncate { length_bytes } => UpdateOp::Truncate { len: *length_bytes },
+            Update::Extend { length_bytes } => UpdateOp::Extend { len: *length_bytes },
             Update::Remove => UpdateOp::Remove,
             Update::Replace { data } => {
                 UpdateOp::Replace { data: self.chunk_buf(data), crc: crc32c::crc32c(data) }
@@ -207,7 +208,9 @@ impl<D: Device> TargetStore<D> {
                     Update::Write { offset_bytes, data } => {
                         u64::from(*offset_bytes) + data.len() as u64
                     }
-                    Update::Truncate { length_bytes } => u64::from(*length_bytes),
+                    Update::Truncate { length_bytes } | Update::Extend { length_bytes } => {
+                        u64::from(*length_bytes)
+                    }
                     Update::Replace { data } => data.len() as u64,
                     Update::Remove => 0,
                 };
@@ -477,6 +480,52 @@ mod tests {
             tag: None,
             expected,
         }
+    }
+
+    /// Extend through the adapter gives exactly the replica's reference semantics
+    /// (`Update::apply`): zeros up to the length, never shorter, a missing chunk created.
+    #[test]
+    fn extend_follows_the_reference_semantics() {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        pool.run_until(async move {
+            let disk = MemDisk::new(2, MemDiskOptions::default());
+            let (store, flusher) = ChunkStore::open(disk.device(), config()).await.expect("open");
+            spawner.spawn_local(flusher.run()).expect("spawn flusher");
+            let target = TargetStore::new(store, CHUNK_SIZE);
+            let chunk = ChunkId::new(InodeId(6), 0);
+            let data = Bytes::from((0..10_001u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+            let mut content = Vec::new();
+            let updates = [
+                Update::Extend { length_bytes: 3 },
+                Update::Write { offset_bytes: 0, data },
+                Update::Extend { length_bytes: 5 },
+                Update::Extend { length_bytes: 70_000 },
+            ];
+            for (i, update) in updates.into_iter().enumerate() {
+                let version = ChunkVersion(i as u64 + 1);
+                let applied = update.apply(&content, CHUNK_SIZE).expect("fits");
+                let expected = Digest::of(version, &applied.content, false);
+                let w = write(version.0, update, Some(expected));
+                assert!(matches!(
+                    target.execute(StorageOp::WritePending { chunk, write: w }, None).await,
+                    StorageResult::Meta(_)
+                ));
+                let commit = StorageOp::Commit { chunk, version };
+                let StorageResult::Meta(meta) = target.execute(commit, None).await else {
+                    panic!("commit failed")
+                };
+                assert_eq!(meta.committed.digest(), expected);
+                let full = StorageOp::ReadFull { chunk, which: Which::Committed };
+                let StorageResult::Data { data: read, .. } = target.execute(full, None).await
+                else {
+                    panic!("read failed")
+                };
+                assert_eq!(read.as_ref(), applied.content.as_slice());
+                content = applied.content;
+            }
+            assert_eq!(content.len(), 70_000);
+        });
     }
 
     /// Drives the adapter like the replica does: one op at a time per chunk, checking the

@@ -825,6 +825,12 @@ impl Model {
                     .collect(),
                 removed: false,
             },
+            Update::Extend { length_bytes } => Model {
+                content: (0..(*length_bytes as usize).max(base.len()))
+                    .map(|i| base.get(i).copied().unwrap_or(0))
+                    .collect(),
+                removed: false,
+            },
             Update::Remove => Model::absent(),
             Update::Replace { data } => Model { content: data.to_vec(), removed: false },
         }

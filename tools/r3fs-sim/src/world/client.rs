@@ -42,8 +42,11 @@ impl World {
                         data: Bytes::from(self.rng.bytes(len as usize)),
                     }
                 }
-                14..=15 => {
+                14 => {
                     Update::Truncate { length_bytes: self.rng.range(0, u64::from(size_max)) as u32 }
+                }
+                15 => {
+                    Update::Extend { length_bytes: self.rng.range(0, u64::from(size_max)) as u32 }
                 }
                 16..=18 => {
                     let len = self.rng.range(0, u64::from(write_max)) as usize;

@@ -892,7 +892,7 @@ fn corrupt(payload: &mut Payload) -> bool {
     fn flip_update(update: &mut Update) -> bool {
         match update {
             Update::Write { data, .. } | Update::Replace { data } => flip(data),
-            Update::Truncate { .. } | Update::Remove => false,
+            Update::Truncate { .. } | Update::Extend { .. } | Update::Remove => false,
         }
     }
     match payload {
