@@ -111,9 +111,14 @@ impl OpenInodes {
         }
     }
 
-    fn wrote(&self, inode: u64, end: u64) {
-        if let Some(written) = self.lock().get_mut(&inode) {
-            written.end = written.end.max(end);
+    /// Raises `inode`'s written end; true if it grew.
+    fn wrote(&self, inode: u64, end: u64) -> bool {
+        match self.lock().get_mut(&inode) {
+            Some(written) if end > written.end => {
+                written.end = end;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -253,10 +258,74 @@ impl R3fs {
         self.runtime.spawn(metrics::observe(op, work(self.inner.clone())));
     }
 
+    /// The hooks this mount's USRBIO ring server calls (see [`RingHooks`]); complete them with
+    /// [`RingHooks::for_mount`] once the mount exists.
+    pub fn ring_hooks(&self) -> RingHooks {
+        RingHooks { inner: self.inner.clone(), dev: 0, notifier: None }
+    }
+
     fn reply_entry(inner: &Inner, reply: ReplyEntry, inode: Result<pb::Inode, Errno>) {
         match inode.and_then(|inode| inner.attr(&inode)) {
             Ok(attr) => reply.entry(&inner.options.entry_timeout, &attr, Generation(0)),
             Err(e) => fail!(reply, e),
+        }
+    }
+}
+
+/// What the USRBIO ring server serving this mount tells the file system
+/// (`r3fs_usrbio::FileResolver`): a file the ring server holds open for writing counts as a
+/// writer of its inode here, so the size this mount reports is raised to the end of what rings
+/// wrote (as for writes through the kernel) until the ring server closes it and meta has the
+/// length. When a ring write raises that end, the kernel's cached attributes of the file are
+/// dropped before the write's completion is posted, so `stat` through the mount shows the new
+/// length as soon as the application reaps the completion.
+#[derive(Debug)]
+pub struct RingHooks {
+    inner: Arc<Inner>,
+    /// Device number of the mount: fds from elsewhere are refused.
+    dev: u64,
+    notifier: Option<fuser::Notifier>,
+}
+
+impl RingHooks {
+    /// Binds the hooks to the mounted file system: its device number and the session's notifier.
+    pub fn for_mount(self, dev: u64, notifier: fuser::Notifier) -> RingHooks {
+        RingHooks { dev, notifier: Some(notifier), ..self }
+    }
+}
+
+impl r3fs_usrbio::FileResolver for RingHooks {
+    fn resolve(&self, dev: u64, ino: u64) -> Result<r3fs_types::InodeId, r3fs_usrbio::Errno> {
+        // FUSE inode numbers are r3fs inode ids.
+        if dev != self.dev {
+            return Err(r3fs_usrbio::Errno(libc::EXDEV));
+        }
+        Ok(r3fs_types::InodeId(ino))
+    }
+
+    fn opened(&self, inode: r3fs_types::InodeId, writable: bool) {
+        if writable {
+            self.inner.open_inodes.opened(inode.0);
+        }
+    }
+
+    fn written(&self, inode: r3fs_types::InodeId, end: u64) {
+        if !self.inner.open_inodes.wrote(inode.0, end) {
+            return;
+        }
+        // Attributes only (offset -1): dropping page-cache ranges takes page locks, and a page
+        // being read in waits on this daemon. ENOENT: the kernel holds nothing of the inode.
+        if let Some(notifier) = &self.notifier
+            && let Err(error) = notifier.inval_inode(INodeNo(inode.0), -1, 0)
+            && error.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::debug!(%inode, "cannot invalidate cached attributes: {error}");
+        }
+    }
+
+    fn closed(&self, inode: r3fs_types::InodeId, writable: bool) {
+        if writable {
+            self.inner.open_inodes.released(inode.0);
         }
     }
 }

@@ -129,6 +129,7 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
         },
         runtime.handle().clone(),
     );
+    let ring_hooks = filesystem.ring_hooks();
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         MountOption::FSName("r3fs".into()),
@@ -142,6 +143,7 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
     fuse_config.clone_fd = true;
     let session = fuser::Session::new(filesystem, &mountpoint, &fuse_config)
         .with_context(|| format!("mount on {}", mountpoint.display()))?;
+    let notifier = session.notifier();
     let background = session.spawn().context("start the FUSE event loops")?;
 
     let started = Instant::now();
@@ -151,7 +153,7 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rings = start_rings(&runtime, ring_files, &mountpoint);
+    let rings = start_rings(&runtime, ring_files, ring_hooks, notifier, &mountpoint);
     println!("{READY_PREFIX} {}", mountpoint.display());
     let _ = std::io::stdout().flush();
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -192,10 +194,13 @@ pub fn run(config: FuseConfig) -> anyhow::Result<()> {
 
 /// Starts the USRBIO ring server of this mount (docs/usrbio.md): applications find it from the
 /// mount's device number and name files by fds opened here (FUSE inode numbers are r3fs inode
-/// ids). Failing to start it only disables ring I/O.
+/// ids); `hooks` keep the sizes this mount reports true after ring writes. Failing to start it
+/// only disables ring I/O.
 fn start_rings(
     runtime: &tokio::runtime::Runtime,
     files: FileClient,
+    hooks: fs::RingHooks,
+    notifier: fuser::Notifier,
     mountpoint: &Path,
 ) -> Option<r3fs_usrbio::RingServer> {
     let dev = match std::fs::metadata(mountpoint) {
@@ -209,7 +214,7 @@ fn start_rings(
         }
     };
     let _entered = runtime.enter();
-    let resolver = r3fs_usrbio::MountResolver::new(dev, |ino| Some(r3fs_types::InodeId(ino)));
+    let resolver = hooks.for_mount(dev, notifier);
     let config = r3fs_usrbio::RingServerConfig::for_mount_dev(dev);
     match r3fs_usrbio::RingServer::start(config, files, std::sync::Arc::new(resolver)) {
         Ok(server) => Some(server),

@@ -86,6 +86,14 @@ int main(int argc, char **argv) {
     memset(in, 0xEE, DATA_BYTES);
 
     if (move_all(ior, iov, out, fd, false)) return 1; /* write */
+    /* Make the writes durable and the length visible to every client. */
+    rc = r3fs_prep_fsync(ior, fd, 7);
+    if (rc < 0) return fail("r3fs_prep_fsync", rc);
+    r3fs_submit_ios(ior);
+    struct r3fs_cqe synced;
+    rc = r3fs_wait_for_ios(ior, &synced, 1, 1, -1);
+    if (rc != 1 || synced.userdata != 7 || synced.result != 0)
+        return fail("fsync through the ring", rc < 0 ? rc : synced.result < 0 ? (int)synced.result : -EIO);
     if (move_all(ior, iov, in, fd, true)) return 1;   /* read back */
     if (memcmp(out, in, DATA_BYTES) != 0) {
         for (size_t i = 0; i < DATA_BYTES; i++)
@@ -100,6 +108,8 @@ int main(int argc, char **argv) {
         return fail("buffer outside the iov not refused", -EINVAL);
     if (r3fs_prep_io(ior, iov, true, out, fd + 1000, 0, 1, 0) != -EBADF)
         return fail("unregistered fd not refused", -EINVAL);
+    if (r3fs_prep_fsync(ior, fd + 1000, 0) != -EBADF)
+        return fail("fsync of an unregistered fd not refused", -EINVAL);
 
     rc = r3fs_dereg_fd(fd);
     if (rc < 0) return fail("r3fs_dereg_fd", rc);

@@ -55,6 +55,12 @@ int r3fs_dereg_fd(int fd);
  * not registered), -EAGAIN (ring full: reap completions first). */
 int r3fs_prep_io(struct r3fs_ior *ior, const struct r3fs_iov *iov, bool read, void *ptr, int fd,
                  uint64_t off, uint64_t len, uint64_t userdata);
+/* Prepares an fsync of registered file `fd`. Its completion (result 0) means every write to the
+ * file whose completion was reaped before the fsync was submitted is durable and the file's
+ * length covers it for every client (and for stat through the mount). It also waits for the
+ * file's I/O already running in the server; I/O of the same batch may run before or after it.
+ * Returns its position in the batch, or -EBADF (fd not registered), -EAGAIN (ring full). */
+int r3fs_prep_fsync(struct r3fs_ior *ior, int fd, uint64_t userdata);
 /* Hands every prepared I/O to the server with one wake-up; returns how many. */
 int r3fs_submit_ios(struct r3fs_ior *ior);
 /* Waits until at least `min_results` completions (clamped to the I/Os in flight and to `cqec`)

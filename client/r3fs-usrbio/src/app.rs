@@ -331,6 +331,23 @@ impl Ior {
         Ok(self.prepared.wrapping_sub(self.published) - 1)
     }
 
+    /// Prepares an fsync of registered file `fd`: when it completes (result 0), every write to
+    /// the file whose completion was reaped before it was submitted is durable and the file's
+    /// length covers it for every client (meta has it) and for `stat` through the mount. It also
+    /// waits for the file's I/O already running in the server when it starts; I/O of the same
+    /// batch may run before or after it. Errors: EBADF (fd not registered), EAGAIN (ring full).
+    pub fn prep_fsync(&mut self, fd: RawFd, userdata: u64) -> Result<u32> {
+        let file_id = self.session.file_id(fd).ok_or(Errno(libc::EBADF))?;
+        if self.outstanding >= self.entries() {
+            return Err(Errno(libc::EAGAIN));
+        }
+        let sqe = Sqe { userdata, file_id, opcode: ring::OP_FSYNC, ..Sqe::default() };
+        self.ring.write_sqe(self.prepared, &sqe);
+        self.prepared = self.prepared.wrapping_add(1);
+        self.outstanding += 1;
+        Ok(self.prepared.wrapping_sub(self.published) - 1)
+    }
+
     /// Hands every prepared I/O to the server; returns how many.
     pub fn submit(&mut self) -> Result<u32> {
         let count = self.prepared.wrapping_sub(self.published);

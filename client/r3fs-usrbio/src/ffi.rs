@@ -216,6 +216,23 @@ pub unsafe extern "C" fn r3fs_prep_io(
     })
 }
 
+/// Prepares an fsync of registered file `fd` (see `Ior::prep_fsync`). Returns its position in
+/// the batch.
+///
+/// # Safety
+/// `ior` must be null or live.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn r3fs_prep_fsync(ior: *mut r3fs_ior, fd: c_int, userdata: u64) -> c_int {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let ior = unsafe { ior.as_mut() }.ok_or(Errno(libc::EINVAL))?;
+        if fd < 0 {
+            return Err(Errno(libc::EBADF));
+        }
+        Ok(ior.inner.prep_fsync(fd, userdata)? as c_int)
+    })
+}
+
 /// Submits every prepared I/O; returns how many.
 ///
 /// # Safety

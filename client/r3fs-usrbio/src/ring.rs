@@ -41,6 +41,9 @@ const SQES_OFFSET: usize = 5 * LINE_BYTES;
 pub const OP_READ: u8 = 1;
 /// Write from the iov into the file.
 pub const OP_WRITE: u8 = 2;
+/// Make the file's ring writes durable and its length visible to every client (`iov_id`,
+/// `buf_offset` and `len` must be 0; `file_offset` is ignored). Completes with 0.
+pub const OP_FSYNC: u8 = 3;
 
 /// One submission queue entry.
 #[repr(C)]
@@ -56,7 +59,7 @@ pub struct Sqe {
     pub iov_id: u32,
     /// The registered file (server id).
     pub file_id: u32,
-    /// [`OP_READ`] or [`OP_WRITE`].
+    /// [`OP_READ`], [`OP_WRITE`] or [`OP_FSYNC`].
     pub opcode: u8,
     pub reserved: [u8; 7],
 }

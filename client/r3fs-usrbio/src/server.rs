@@ -36,11 +36,23 @@ use tokio::net::UnixStream;
 use tokio::sync::{Notify, RwLock, watch};
 use tokio::task::JoinSet;
 
-/// Maps a file an application opened on the mount to the r3fs inode it names.
+/// Maps a file an application opened on the mount to the r3fs inode it names, and hears what
+/// ring I/O does to it, so the process serving the mount keeps its own view true (the FUSE
+/// daemon raises the size it reports and invalidates the kernel's cached attributes).
 pub trait FileResolver: Send + Sync + std::fmt::Debug + 'static {
     /// `dev` and `ino` are the fstat of the application's fd; Err(errno) if it is not a file of
     /// this server's mount.
     fn resolve(&self, dev: u64, ino: u64) -> Result<InodeId, Errno>;
+
+    /// The server opened `inode` for a session (after `resolve`).
+    fn opened(&self, _inode: InodeId, _writable: bool) {}
+
+    /// A ring write to `inode` ending at `end` succeeded. Called before its completion is
+    /// posted, so whatever this does is visible to the application when it reaps it.
+    fn written(&self, _inode: InodeId, _end: u64) {}
+
+    /// The server closed its handle of `inode` (the written length is in meta by then).
+    fn closed(&self, _inode: InodeId, _writable: bool) {}
 }
 
 /// The resolver of a FUSE mount: files on the mount's device; the inode number the kernel shows
@@ -284,8 +296,11 @@ async fn accept_loop(
 #[derive(Debug)]
 struct OpenFile {
     handle: Arc<RwLock<Option<File>>>,
+    inode: InodeId,
     readable: bool,
     writable: bool,
+    /// The server's resolver, told about writes and the close.
+    resolver: Arc<dyn FileResolver>,
 }
 
 #[derive(Debug, Default)]
@@ -510,9 +525,15 @@ impl Session {
                     tracing::debug!(%inode, "usrbio: opening a registered file failed: {error}");
                     Errno(error.errno())
                 })?;
+                self.server.resolver.opened(inode, writable);
                 let id = self.state.next_id();
-                let open =
-                    OpenFile { handle: Arc::new(RwLock::new(Some(file))), readable, writable };
+                let open = OpenFile {
+                    handle: Arc::new(RwLock::new(Some(file))),
+                    inode,
+                    readable,
+                    writable,
+                    resolver: self.server.resolver.clone(),
+                };
                 lock(&self.state.files).insert(id, Arc::new(open));
                 counters.files.fetch_add(1, Ordering::Relaxed);
                 Ok(u64::from(id))
@@ -550,7 +571,11 @@ impl Session {
 async fn close_file(file: &OpenFile) -> Result<u64, Errno> {
     let taken = file.handle.write().await.take();
     match taken {
-        Some(file) => file.close().await.map(|_| 0).map_err(|error| Errno(error.errno())),
+        Some(handle) => {
+            let closed = handle.close().await.map(|_| 0).map_err(|error| Errno(error.errno()));
+            file.resolver.closed(file.inode, file.writable);
+            closed
+        }
         None => Ok(0),
     }
 }
@@ -648,6 +673,15 @@ impl RingLoop {
         let read = match sqe.opcode {
             ring::OP_READ => true,
             ring::OP_WRITE => false,
+            ring::OP_FSYNC => {
+                if sqe.iov_id != 0 || sqe.buf_offset != 0 || sqe.len != 0 {
+                    return failed(libc::EINVAL);
+                }
+                let Some(file) = lock(&self.session.files).get(&sqe.file_id).cloned() else {
+                    return failed(libc::EBADF);
+                };
+                return Box::pin(AssertSend(fsync(file, userdata)));
+            }
             _ => return failed(libc::EINVAL),
         };
         let Some(iov) = lock(&self.session.iovs).get(&sqe.iov_id).cloned() else {
@@ -723,9 +757,31 @@ async fn perform(
         handle.write_at(file_offset, buf).await
     };
     match outcome {
-        Ok(n) => Cqe { result: n as i64, userdata },
+        Ok(n) => {
+            if !read {
+                file.resolver.written(file.inode, file_offset + n as u64);
+            }
+            Cqe { result: n as i64, userdata }
+        }
         Err(error) => {
             tracing::debug!("usrbio: I/O failed: {error}");
+            Cqe { result: -i64::from(error.errno()), userdata }
+        }
+    }
+}
+
+/// One fsync entry: waits for the file's I/O already running (it takes the write side of the
+/// handle's lock, so I/O taken after it waits in turn), then makes the written length durable
+/// in meta (the data of a completed write is durable on every replica already).
+async fn fsync(file: Arc<OpenFile>, userdata: u64) -> Cqe {
+    let guard = file.handle.write().await;
+    let Some(handle) = guard.as_ref() else {
+        return Cqe { result: -i64::from(libc::EBADF), userdata };
+    };
+    match handle.fsync().await {
+        Ok(()) => Cqe { result: 0, userdata },
+        Err(error) => {
+            tracing::debug!("usrbio: fsync failed: {error}");
             Cqe { result: -i64::from(error.errno()), userdata }
         }
     }

@@ -189,6 +189,7 @@ async fn bad_arguments(cluster: &Cluster, rig: &Rig) {
         assert_eq!(session.create_ior(8192).err(), Some(Errno(libc::EINVAL)));
         // Application-side checks.
         assert_eq!(ior.prep_io(&iov, true, 0, fd + 1000, 0, 10, 0), Err(Errno(libc::EBADF)));
+        assert_eq!(ior.prep_fsync(fd + 1000, 0), Err(Errno(libc::EBADF)));
         assert_eq!(ior.prep_io(&iov, true, (1 << 20) - 5, fd, 0, 10, 0), Err(Errno(libc::EFAULT)));
         assert_eq!(ior.prep_io(&iov, true, usize::MAX, fd, 0, 10, 0), Err(Errno(libc::EFAULT)));
         assert_eq!(ior.prep_io(&iov, true, 0, fd, 0, 0, 0), Err(Errno(libc::EINVAL)));
@@ -199,6 +200,7 @@ async fn bad_arguments(cluster: &Cluster, rig: &Rig) {
             ior.prep_io(&iov, false, 0, fd, i * 100, 100, i).unwrap();
         }
         assert_eq!(ior.prep_io(&iov, false, 0, fd, 0, 1, 9), Err(Errno(libc::EAGAIN)));
+        assert_eq!(ior.prep_fsync(fd, 9), Err(Errno(libc::EAGAIN)));
         // A write through a read-only registration completes with EBADF (server-side check).
         assert_eq!(ior.submit(), Ok(4));
         let mut cqes = [Cqe::default(); 4];
@@ -211,6 +213,17 @@ async fn bad_arguments(cluster: &Cluster, rig: &Rig) {
         ior.submit().unwrap();
         assert_eq!(ior.wait(&mut cqes, 1, WAIT), Ok(1));
         assert_eq!(cqes[0], Cqe { result: -i64::from(libc::EBADF), userdata: 7 });
+        // fsync needs no write access (as fsync(2) on a read-only fd).
+        ior.prep_fsync(ro, 8).unwrap();
+        ior.prep_fsync(fd, 9).unwrap();
+        ior.submit().unwrap();
+        let mut n = 0;
+        while n < 2 {
+            n += ior.wait(&mut cqes[n..], 2 - n, WAIT).unwrap();
+        }
+        let mut synced: Vec<Cqe> = cqes[..2].to_vec();
+        synced.sort_by_key(|c| c.userdata);
+        assert_eq!(synced, [Cqe { result: 0, userdata: 8 }, Cqe { result: 0, userdata: 9 }]);
         // Waiting for more than is in flight returns at once with what there is.
         assert_eq!(ior.wait(&mut cqes, 4, None), Ok(0));
         drop(ior);
@@ -370,6 +383,19 @@ fn hostile_entries(socket: &Path, file: &std::fs::File) {
     ring.submit(&sqes);
     let results: Vec<i64> = ring.reap(8).iter().map(|c| c.result).collect();
     let e = |errno: i32| -i64::from(errno);
+    // fsync entries carry no buffer: a length, buffer offset or iov is refused.
+    let fsync = Sqe { userdata: 10, opcode: ring::OP_FSYNC, iov_id: 0, len: 0, ..good };
+    ring.submit(&[
+        fsync,
+        Sqe { userdata: 11, len: 100, ..fsync },
+        Sqe { userdata: 12, iov_id: iov_id as u32, ..fsync },
+        Sqe { userdata: 13, buf_offset: 8, ..fsync },
+        Sqe { userdata: 14, file_id: 999, ..fsync },
+    ]);
+    let mut synced = ring.reap(5);
+    synced.sort_by_key(|c| c.userdata);
+    let synced: Vec<i64> = synced.iter().map(|c| c.result).collect();
+    assert_eq!(synced, [0, e(libc::EINVAL), e(libc::EINVAL), e(libc::EINVAL), e(libc::EBADF)]);
     assert_eq!(
         results,
         vec![
@@ -555,6 +581,7 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
     );
     assert!(stdout.contains("usrbio round trip ok"), "{stdout}");
     print!("through FUSE: {stdout}");
+    ring_writes_show_through_the_mount(cluster, &mount).await;
     // The same bytes through the kernel's FUSE path, for comparison (same daemon, same build).
     let plain = mount.mountpoint.join("plain-through-fuse.bin");
     let data: Vec<u8> = (0..3usize << 20).map(|i| (i % 251) as u8).collect();
@@ -573,6 +600,72 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
         3.0 / read.as_secs_f64()
     );
     tokio::task::block_in_place(move || drop(mount));
+}
+
+/// A file written through rings shows its new length through the mount as soon as the write's
+/// completion is reaped (the kernel had cached length 0 just before), reads back through the
+/// kernel's FUSE path, and after a ring fsync another client (meta) sees the length too.
+async fn ring_writes_show_through_the_mount(cluster: &Cluster, mount: &common::FuseMount) {
+    let path = mount.mountpoint.join("ring-stat.bin");
+    let socket = std::fs::read_dir(&mount.socket_dir)
+        .expect("the ring server's socket directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "sock"))
+        .expect("the ring server's socket");
+    const PIECE: usize = 1 << 20;
+    let data: Vec<u8> = (0..3 * PIECE).map(|i| (i * 7 % 251) as u8).collect();
+    let expected = data.clone();
+    let fd_path = path.clone();
+    let fd = app(move || {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&fd_path)
+            .unwrap();
+        // The kernel caches these attributes (length 0) for attr_timeout_ms.
+        assert_eq!(std::fs::metadata(&fd_path).unwrap().len(), 0);
+        let session = Session::connect(&socket).unwrap();
+        session.register_fd(file.as_fd()).unwrap();
+        let iov = session.create_iov(data.len()).unwrap();
+        iov.write_bytes(0, &data).unwrap();
+        let mut ior = session.create_ior(4).unwrap();
+        let mut cqes = [Cqe::default(); 1];
+        for piece in 0..3 {
+            let at = piece * PIECE;
+            ior.prep_io(&iov, false, at, file.as_raw_fd(), at as u64, PIECE, piece as u64).unwrap();
+            ior.submit().unwrap();
+            assert_eq!(ior.wait(&mut cqes, 1, WAIT), Ok(1));
+            assert_eq!(cqes[0], Cqe { result: PIECE as i64, userdata: piece as u64 });
+            let length = std::fs::metadata(&fd_path).unwrap().len();
+            assert_eq!(length, (at + PIECE) as u64, "stat right after ring write {piece}");
+        }
+        // Through the kernel's FUSE read path, while the ring server still holds the file.
+        let back = std::fs::read(&fd_path).unwrap();
+        assert!(back == data, "bytes read through the mount differ from the ring writes");
+        ior.prep_fsync(file.as_raw_fd(), 99).unwrap();
+        ior.submit().unwrap();
+        assert_eq!(ior.wait(&mut cqes, 1, WAIT), Ok(1));
+        assert_eq!(cqes[0], Cqe { result: 0, userdata: 99 });
+        // Keep the registration (and the application's fd) open: meta must have the length now.
+        (file, session, ior, iov)
+    })
+    .await;
+    let other =
+        cluster.files.open("/ring-stat.bin", &r3fs_client::OpenOptions::read_only()).await.unwrap();
+    assert_eq!(other.len().await.unwrap(), expected.len() as u64, "meta's length after fsync");
+    let mut back = vec![0u8; expected.len()];
+    assert_eq!(other.read_at(0, &mut back).await.unwrap(), expected.len());
+    assert!(back == expected);
+    app(move || {
+        let (file, session, ior, iov) = fd;
+        drop(ior);
+        drop(iov);
+        session.deregister_fd(file.as_raw_fd()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * PIECE as u64);
+    })
+    .await;
 }
 
 async fn c_example(cluster: &Cluster, rig: &Rig) {
