@@ -11,231 +11,35 @@ use r3fs_client::{
     StorageClient,
 };
 use r3fs_rpc::{admin, mgmtd as pb};
-use r3fs_testkit::{Proc, binary, free_port};
+use r3fs_testkit::cluster::{Cluster, MetaAuth, eventually, target_id};
 use r3fs_types::TargetId;
 use rand::{Rng, RngCore, SeedableRng};
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const START_TIMEOUT: Duration = Duration::from_secs(180);
 const CHUNK: usize = 64 << 10;
-const NODES: [u32; 3] = [2, 3, 4];
-const CHAINS: [u32; 3] = [1, 2, 3];
 
-/// Target of `chain` on `node`.
-fn target(chain: u32, node: u32) -> u64 {
-    u64::from(chain) * 100 + u64::from(node)
-}
-
-struct Cluster {
-    _mgmtd: Proc,
-    _storage: Vec<Proc>,
-    _meta: Proc,
-    mgmtd_address: String,
-    meta_address: String,
-    admin: MgmtdClient,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-fn start_mgmtd(dir: &Path) -> (Proc, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "node_id = 1\nlisten = \"{address}\"\nlease_timeout_ms = 2000\nlease_renew_interval_ms = 500\n\
-         heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 3000\nfailure_check_interval_ms = 200\n\
-         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"memory\"\n"
-    );
-    let path = dir.join("mgmtd.toml");
-    std::fs::write(&path, config).expect("write the mgmtd config");
-    let mut command = Command::new(binary("r3fs-mgmtd", "r3fs-mgmtd"));
-    command.arg("--config").arg(&path);
-    let mut proc = Proc::spawn("r3fs-mgmtd", command);
-    proc.wait_for_line("is primary", START_TIMEOUT);
-    (proc, address)
-}
-
-fn start_storage(dir: &Path, node: u32, mgmtd: &str, token: &str) -> Proc {
-    let disk = dir.join(format!("node{node}-disk0"));
-    std::fs::create_dir_all(&disk).expect("create the disk directory");
-    // Two shards: targets land on shard `target % 2`, each with its own data-plane port.
-    let config = format!(
-        r#"node_id = {node}
-target_paths = ["{disk}"]
-targets_per_path = 4
-cores = 2
-mgmtd_addresses = ["{mgmtd}"]
-token = "{token}"
-listen_host = "127.0.0.1"
-io_memory_bytes = 1048576
-tick_interval_ms = 10
-shutdown_drain_ms = 2000
-
-[store]
-capacity_bytes = 268435456
-header_cache_bytes = 4194304
-log_compaction_bytes_min = 8388608
-log_extent_bytes = 1048576
-commit_batch_records_max = 256
-grow_bytes_max = 67108864
-
-[replica]
-chunk_size_bytes_max = 4194304
-held_payload_bytes_max = 268435456
-forward_retry_interval_ms = 100
-"#,
-        disk = disk.display()
-    );
-    let path = dir.join(format!("storage{node}.toml"));
-    std::fs::write(&path, config).expect("write the storage config");
-    let mut command = Command::new(binary("r3fs-storage", "r3fs-storage"));
-    command.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut proc = Proc::spawn(&format!("r3fs-storage-{node}"), command);
-    proc.wait_for_line("serving targets on", START_TIMEOUT);
-    proc
-}
-
-fn start_meta(dir: &Path, token: &str) -> (Proc, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        r#"listen = "{address}"
-[kv]
-backend = "memory"
-[meta.format.root_layout]
-chain_table_id = 1
-chain_table_version = 1
-chunk_size = {CHUNK}
-stripe_size = 3
-chains = {{ ShuffleV1 = {{ seed = 0 }} }}
-[[auth.static_users]]
-token = "{token}"
-uid = 0
-gid = 0
-admin = true
-"#
-    );
-    let path = dir.join("meta.toml");
-    std::fs::write(&path, config).expect("write the meta config");
-    let mut command = Command::new(binary("r3fs-meta", "r3fs-meta"));
-    command.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut proc = Proc::spawn("r3fs-meta", command);
-    proc.wait_for_line("r3fs-meta listening on", START_TIMEOUT);
-    (proc, address)
-}
-
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
+/// Three storage nodes with two shards each (targets land on shard `target % 2`, each with its
+/// own data-plane port), three replication-3 chains with heads on different nodes, and meta
+/// that knows the admin token statically.
 async fn start_cluster() -> Cluster {
-    let t0 = Instant::now();
-    let phase = |what: &str| println!("[{:>7.1?}] {what}", t0.elapsed());
-    let dir =
-        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir on the target disk");
-    let (mgmtd, mgmtd_address) = start_mgmtd(dir.path());
-    let bootstrap = MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], None))
-        .expect("mgmtd client");
-    let init = bootstrap
-        .init_cluster(admin::InitClusterRequest {
-            cluster_id: "client-test".into(),
-            ..Default::default()
-        })
+    Cluster::builder("client-test")
+        .storage_nodes(3)
+        .replication(3)
+        .chains(3)
+        .storage_cores(2)
+        .chunk_size(CHUNK as u32)
+        .meta(MetaAuth::StaticAdmin)
+        .start()
         .await
-        .expect("init the cluster");
-    let token = init.admin_token;
-    phase("mgmtd up, cluster initialized");
-    let admin =
-        MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], Some(token.clone())))
-            .expect("admin client");
-    let storage: Vec<Proc> =
-        NODES.iter().map(|&node| start_storage(dir.path(), node, &mgmtd_address, &token)).collect();
-
-    // Three chains, each with one target per node; heads on different nodes.
-    let targets = CHAINS
-        .iter()
-        .flat_map(|&chain| {
-            NODES.iter().map(move |&node| admin::TargetSpec {
-                target_id: target(chain, node),
-                node_id: node,
-                disk_index: 0,
-                chain_id: chain,
-            })
-        })
-        .collect();
-    phase("storage daemons up");
-    admin.create_targets(admin::CreateTargetsRequest { targets }).await.expect("create targets");
-    eventually("targets up to date", || async {
-        let list = admin.list_targets(admin::ListTargetsRequest {}).await.ok()?;
-        let up = list
-            .targets
-            .iter()
-            .filter(|t| t.local_state == pb::LocalTargetState::UpToDate as i32)
-            .count();
-        (up == CHAINS.len() * NODES.len()).then_some(())
-    })
-    .await;
-    let chains = CHAINS
-        .iter()
-        .map(|&chain| {
-            let mut members: Vec<u64> = NODES.iter().map(|&node| target(chain, node)).collect();
-            members.rotate_left(chain as usize - 1);
-            admin::ChainSpec { chain_id: chain, target_ids: members }
-        })
-        .collect();
-    phase("targets up to date");
-    admin.upload_chains(admin::UploadChainsRequest { chains }).await.expect("upload chains");
-    let table = admin
-        .upload_chain_table(admin::UploadChainTableRequest {
-            table_id: 1,
-            chain_ids: CHAINS.to_vec(),
-            description: "test".into(),
-        })
-        .await
-        .expect("upload the chain table");
-    assert_eq!(table.version, 1);
-    eventually("every target serving", || async {
-        let list = admin.list_chains(admin::ListChainsRequest {}).await.ok()?;
-        let serving = list
-            .chains
-            .iter()
-            .flat_map(|c| &c.targets)
-            .filter(|t| t.public_state == pb::PublicTargetState::Serving as i32)
-            .count();
-        (serving == CHAINS.len() * NODES.len()).then_some(())
-    })
-    .await;
-    phase("chains serving");
-    let (meta, meta_address) = start_meta(dir.path(), &token);
-    phase("meta up");
-    Cluster {
-        _mgmtd: mgmtd,
-        _storage: storage,
-        _meta: meta,
-        mgmtd_address,
-        meta_address,
-        admin,
-        token,
-        _dir: dir,
-    }
 }
 
 fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut config = ClientConfig {
-        mgmtd_addresses: vec![cluster.mgmtd_address.clone()],
-        meta_addresses: vec![cluster.meta_address.clone()],
-        token: cluster.token.clone(),
+        mgmtd_addresses: vec![cluster.mgmtd_address().to_string()],
+        meta_addresses: vec![cluster.meta_address().to_string()],
+        token: cluster.token().to_string(),
         ..Default::default()
     };
     config.retry.backoff_initial_ms = 5;
@@ -307,9 +111,9 @@ async fn files_round_trip_through_a_real_cluster_and_stale_routing_recovers() {
 
     // Every replica of every chain served reads.
     let stats = files.storage().stats();
-    for chain in CHAINS {
-        for node in NODES {
-            let t = TargetId(target(chain, node));
+    for chain in cluster.chain_ids() {
+        for &node in cluster.storage_nodes() {
+            let t = TargetId(target_id(chain, node));
             assert!(
                 stats.read_items_by_target.get(&t).copied().unwrap_or(0) > 0,
                 "{t} served no reads: {stats:?}"
@@ -351,8 +155,8 @@ async fn files_round_trip_through_a_real_cluster_and_stale_routing_recovers() {
     // Stale routing: a client whose watcher is held back, a head taken offline by the operator.
     let source = Arc::new(HeldBackWatch {
         mgmtd: MgmtdClient::new(MgmtdClientConfig::new(
-            vec![cluster.mgmtd_address.clone()],
-            Some(cluster.token.clone()),
+            vec![cluster.mgmtd_address().to_string()],
+            Some(cluster.token().to_string()),
         ))
         .expect("mgmtd client"),
         held: AtomicBool::new(true),
@@ -365,7 +169,7 @@ async fn files_round_trip_through_a_real_cluster_and_stale_routing_recovers() {
     let before = stale.routing().snapshot().chain(chain).expect("chain").clone();
     let old_head = before.head().expect("a head");
     let offlined = cluster
-        .admin
+        .admin()
         .offline_target(admin::OfflineTargetRequest { target_id: old_head.0 })
         .await
         .expect("offline the head");
@@ -375,7 +179,7 @@ async fn files_round_trip_through_a_real_cluster_and_stale_routing_recovers() {
     // through recovery, which moves its public state off OFFLINE): from then on the storage side
     // refuses the client's chain version, whatever the timing.
     eventually("the old head's daemon to notice", || async {
-        let list = cluster.admin.list_targets(admin::ListTargetsRequest {}).await.ok()?;
+        let list = cluster.admin().list_targets(admin::ListTargetsRequest {}).await.ok()?;
         let state = list.targets.iter().find(|t| t.target_id == old_head.0)?.public_state;
         (state != pb::PublicTargetState::Offline as i32).then_some(())
     })

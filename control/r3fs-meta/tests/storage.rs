@@ -10,25 +10,14 @@
 //!   inode;
 //! - statfs reports the capacity the storage daemons report through their heartbeats.
 
-use r3fs_client::{ChunkRead, ClientConfig, FileClient, MgmtdClient, MgmtdClientConfig, ReadData};
+use r3fs_client::{ChunkRead, ClientConfig, FileClient, ReadData};
 use r3fs_rpc::meta::{self as meta_pb};
-use r3fs_rpc::{admin, mgmtd as pb};
-use r3fs_testkit::{Proc, binary, free_port};
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use r3fs_testkit::cluster::{Cluster, MetaAuth, Role, eventually};
+use std::time::Duration;
 
-const START_TIMEOUT: Duration = Duration::from_secs(180);
 const CHUNK: usize = 64 << 10;
-const NODES: [u32; 3] = [2, 3, 4];
-const CHAINS: [u32; 2] = [1, 2];
 /// `[store] capacity_bytes` of every target.
 const TARGET_CAPACITY: u64 = 256 << 20;
-
-/// Target of `chain` on `node`.
-fn target(chain: u32, node: u32) -> u64 {
-    u64::from(chain) * 100 + u64::from(node)
-}
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -42,214 +31,31 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-struct Cluster {
-    _mgmtd: Proc,
-    _storage: Vec<Proc>,
-    meta: Proc,
-    mgmtd_address: String,
-    meta_address: String,
-    token: String,
-    _dir: tempfile::TempDir,
-}
-
-fn start_mgmtd(dir: &Path) -> (Proc, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "node_id = 1\nlisten = \"{address}\"\nlease_timeout_ms = 2000\nlease_renew_interval_ms = 500\n\
-         heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 3000\nfailure_check_interval_ms = 200\n\
-         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"memory\"\n"
-    );
-    let path = dir.join("mgmtd.toml");
-    std::fs::write(&path, config).expect("write the mgmtd config");
-    let mut command = Command::new(binary("r3fs-mgmtd", "r3fs-mgmtd"));
-    command.arg("--config").arg(&path);
-    let mut proc = Proc::spawn("r3fs-mgmtd", command);
-    proc.wait_for_line("is primary", START_TIMEOUT);
-    (proc, address)
-}
-
-fn start_storage(dir: &Path, node: u32, mgmtd: &str, token: &str) -> Proc {
-    let disk = dir.join(format!("node{node}-disk0"));
-    std::fs::create_dir_all(&disk).expect("create the disk directory");
-    let config = format!(
-        r#"node_id = {node}
-target_paths = ["{disk}"]
-targets_per_path = 4
-cores = 1
-mgmtd_addresses = ["{mgmtd}"]
-token = "{token}"
-listen_host = "127.0.0.1"
-io_memory_bytes = 1048576
-tick_interval_ms = 10
-shutdown_drain_ms = 2000
-
-[store]
-capacity_bytes = {TARGET_CAPACITY}
-header_cache_bytes = 4194304
-log_compaction_bytes_min = 8388608
-log_extent_bytes = 1048576
-commit_batch_records_max = 256
-grow_bytes_max = 67108864
-
-[replica]
-chunk_size_bytes_max = 4194304
-held_payload_bytes_max = 268435456
-forward_retry_interval_ms = 100
-"#,
-        disk = disk.display()
-    );
-    let path = dir.join(format!("storage{node}.toml"));
-    std::fs::write(&path, config).expect("write the storage config");
-    let mut command = Command::new(binary("r3fs-storage", "r3fs-storage"));
-    command.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut proc = Proc::spawn(&format!("r3fs-storage-{node}"), command);
-    proc.wait_for_line("serving targets on", START_TIMEOUT);
-    proc
-}
-
-/// Meta with `[mgmtd]` only: tokens, routing and storage access all come from there.
-fn start_meta(dir: &Path, mgmtd: &str, token: &str) -> (Proc, String) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let token_file = dir.join("meta.token");
-    std::fs::write(&token_file, format!("{token}\n")).expect("write the meta token file");
-    let config = format!(
-        r#"listen = "{address}"
-[kv]
-backend = "memory"
-[meta.gc]
-interval_ms = 100
-[meta.format.root_layout]
-chain_table_id = 1
-chain_table_version = 1
-chunk_size = {CHUNK}
-stripe_size = 2
-chains = {{ ShuffleV1 = {{ seed = 0 }} }}
-[mgmtd]
-addresses = ["{mgmtd}"]
-token_file = "{token_file}"
-routing_refresh_ms = 100
-[storage.retry]
-backoff_initial_ms = 5
-backoff_max_ms = 200
-"#,
-        token_file = token_file.display()
-    );
-    let path = dir.join("meta.toml");
-    std::fs::write(&path, config).expect("write the meta config");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_r3fs-meta"));
-    command.arg("--config").arg(&path).env("RUST_LOG", "info");
-    let mut proc = Proc::spawn("r3fs-meta", command);
-    proc.wait_for_line("r3fs-meta listening on", START_TIMEOUT);
-    (proc, address)
-}
-
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
+/// Three storage nodes, two replication-3 chains, and meta with `[mgmtd]` only (tokens, routing
+/// and storage access all come from there), collecting every 100 ms.
 async fn start_cluster() -> Cluster {
-    let t0 = Instant::now();
-    let phase = |what: &str| println!("[{:>7.1?}] {what}", t0.elapsed());
-    let dir =
-        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir on the target disk");
-    let (mgmtd, mgmtd_address) = start_mgmtd(dir.path());
-    let bootstrap = MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], None))
-        .expect("mgmtd client");
-    let init = bootstrap
-        .init_cluster(admin::InitClusterRequest {
-            cluster_id: "meta-storage-test".into(),
-            ..Default::default()
-        })
+    Cluster::builder("meta-storage-test")
+        .storage_nodes(3)
+        .replication(3)
+        .chains(2)
+        .chunk_size(CHUNK as u32)
+        .target_capacity(TARGET_CAPACITY)
+        .meta(MetaAuth::Mgmtd)
+        .binary(Role::Meta, env!("CARGO_BIN_EXE_r3fs-meta"))
+        .config(
+            Role::Meta,
+            "[meta.gc]\ninterval_ms = 100\n[mgmtd]\nrouting_refresh_ms = 100\n\
+             [storage.retry]\nbackoff_initial_ms = 5\nbackoff_max_ms = 200\n",
+        )
+        .start()
         .await
-        .expect("init the cluster");
-    let token = init.admin_token;
-    phase("mgmtd up, cluster initialized");
-    let admin =
-        MgmtdClient::new(MgmtdClientConfig::new(vec![mgmtd_address.clone()], Some(token.clone())))
-            .expect("admin client");
-    let storage: Vec<Proc> =
-        NODES.iter().map(|&node| start_storage(dir.path(), node, &mgmtd_address, &token)).collect();
-    phase("storage daemons up");
-    let targets = CHAINS
-        .iter()
-        .flat_map(|&chain| {
-            NODES.iter().map(move |&node| admin::TargetSpec {
-                target_id: target(chain, node),
-                node_id: node,
-                disk_index: 0,
-                chain_id: chain,
-            })
-        })
-        .collect();
-    admin.create_targets(admin::CreateTargetsRequest { targets }).await.expect("create targets");
-    eventually("targets up to date", || async {
-        let list = admin.list_targets(admin::ListTargetsRequest {}).await.ok()?;
-        let up = list
-            .targets
-            .iter()
-            .filter(|t| t.local_state == pb::LocalTargetState::UpToDate as i32)
-            .count();
-        (up == CHAINS.len() * NODES.len()).then_some(())
-    })
-    .await;
-    let chains = CHAINS
-        .iter()
-        .map(|&chain| {
-            let mut members: Vec<u64> = NODES.iter().map(|&node| target(chain, node)).collect();
-            members.rotate_left(chain as usize - 1);
-            admin::ChainSpec { chain_id: chain, target_ids: members }
-        })
-        .collect();
-    admin.upload_chains(admin::UploadChainsRequest { chains }).await.expect("upload chains");
-    let table = admin
-        .upload_chain_table(admin::UploadChainTableRequest {
-            table_id: 1,
-            chain_ids: CHAINS.to_vec(),
-            description: "meta storage test".into(),
-        })
-        .await
-        .expect("upload the chain table");
-    assert_eq!(table.version, 1);
-    eventually("every target serving", || async {
-        let list = admin.list_chains(admin::ListChainsRequest {}).await.ok()?;
-        let serving = list
-            .chains
-            .iter()
-            .flat_map(|c| &c.targets)
-            .filter(|t| t.public_state == pb::PublicTargetState::Serving as i32)
-            .count();
-        (serving == CHAINS.len() * NODES.len()).then_some(())
-    })
-    .await;
-    phase("chains serving");
-    let (meta, meta_address) = start_meta(dir.path(), &mgmtd_address, &token);
-    phase("meta up");
-    Cluster {
-        _mgmtd: mgmtd,
-        _storage: storage,
-        meta,
-        mgmtd_address,
-        meta_address,
-        token,
-        _dir: dir,
-    }
 }
 
 fn client_config(cluster: &Cluster) -> ClientConfig {
     let mut config = ClientConfig {
-        mgmtd_addresses: vec![cluster.mgmtd_address.clone()],
-        meta_addresses: vec![cluster.meta_address.clone()],
-        token: cluster.token.clone(),
+        mgmtd_addresses: vec![cluster.mgmtd_address().to_string()],
+        meta_addresses: vec![cluster.meta_address().to_string()],
+        token: cluster.token().to_string(),
         ..Default::default()
     };
     config.retry.backoff_initial_ms = 5;
@@ -362,7 +168,7 @@ async fn meta_uses_storage_for_length_truncate_gc_and_capacity() {
     })
     .await;
     assert!(statfs.capacity_known);
-    assert_eq!(statfs.total_bytes, CHAINS.len() as u64 * TARGET_CAPACITY);
+    assert_eq!(statfs.total_bytes, cluster.chain_ids().len() as u64 * TARGET_CAPACITY);
     let statfs = eventually("statfs to report used bytes", || async {
         let statfs = client.meta().stat_fs(meta_pb::StatFsRequest {}).await.ok()?;
         (statfs.used_bytes > 0).then_some(statfs)
@@ -399,5 +205,5 @@ async fn meta_uses_storage_for_length_truncate_gc_and_capacity() {
     assert_eq!(g.read_at(0, &mut read).await.expect("read /g"), tail.len());
     assert_eq!(read, tail);
 
-    cluster.meta.wait_for_line("storage client connected", Duration::from_secs(1));
+    cluster.meta().proc().wait_for_line("storage client connected", Duration::from_secs(1));
 }

@@ -1,8 +1,13 @@
 //! Helpers for tests that run real r3fs processes on loopback: locate (and build) a workspace binary,
-//! pick free ports, and keep children that are killed when the test ends, however it ends.
+//! pick free ports, and keep children that are killed when the test ends, however it ends; and
+//! [`cluster::Cluster`], a whole cluster of real daemons (mgmtd, storage, meta, FUSE) built with
+//! a builder, for the integration tests of every layer.
 //!
-//! Invariant: depends on nothing else in the workspace, so any crate may use it as a
-//! dev-dependency without adding a layering edge.
+//! Invariant: depends only on proto crates (r3fs-rpc for mgmtd's admin API), which depend on
+//! nothing else in the workspace, so any crate may use it as a dev-dependency without a cycle or
+//! a layering edge. It drives the daemons through their binaries, never links them.
+
+pub mod cluster;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -40,7 +45,7 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
 }
 
 /// `target/<profile>`: the test binary lives in `target/<profile>/deps`.
-fn profile_dir() -> PathBuf {
+pub(crate) fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current test executable");
     let deps = exe.parent().expect("test executable has a parent directory");
     deps.parent().expect("deps directory has a parent").to_path_buf()
@@ -136,9 +141,23 @@ impl Proc {
 
     /// SIGTERM, then waits up to `timeout` for a clean exit; returns whether it exited cleanly.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM without waiting (stop several processes at once, then [`Proc::wait_exit`]).
+    pub fn send_sigterm(&mut self) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own, not yet reaped child's pid has no memory-safety
+            // preconditions.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit, then kills it; returns whether it exited
+    /// by itself with status 0. False if it had already been reaped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let Some(mut child) = self.child.take() else { return false };
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
