@@ -14,10 +14,14 @@
 #  4. the chunk store next to fio (engine/r3fs-chunk/examples/chunkbench.rs, which runs its own
 #     fio in the same process run: its ratios use that fio);
 #  5. the storage daemon's data path next to fio (engine/r3fs-storage/examples/datapath_bench.rs);
-#  6. if `r3fs up` exists: a local cluster with a FUSE mount on the same disk, then the seed's
-#     workloads scaled to this machine: $RING_JOBS jobs x 4 MiB sequential writes through the
-#     native ring engine, 2 jobs of libaio 4 MiB direct writes through the mount with real fio,
-#     and 4 KiB random reads through the native ring engine at $RAND_QD.
+#  6. if `r3fs up` exists: a local cluster (replication $REPLICATION) with a FUSE mount on the
+#     same disk, then the seed's workloads scaled to this machine: $RING_JOBS jobs x 4 MiB
+#     sequential writes (and reads) through the native ring engine, 4 KiB random reads through
+#     the native ring engine at $RAND_QD, and 2 jobs of libaio 4 MiB direct writes through the
+#     mount with real fio;
+#  7. the same ring workloads on a second cluster with replication $REPLICATION3 (every replica on
+#     this one disk: its ratio divides by raw fio / $REPLICATION3); REPLICATION3=0 skips it.
+# Every row notes the 1-minute load average when it was measured (other work shares the cores).
 # Whatever is not available yet is listed as pending in the table, with the reason.
 set -euo pipefail
 
@@ -29,6 +33,7 @@ RAND_QD=${RAND_QD:-32}
 RAND_SECONDS=${RAND_SECONDS:-10}
 RING_JOBS=${RING_JOBS:-16}
 REPLICATION=${REPLICATION:-1}
+REPLICATION3=${REPLICATION3:-3}
 CHUNK_BYTES=${CHUNK_BYTES:-4194304}
 DOC=${DOC:-$ROOT/docs/benchmarks.md}
 LOGS=$BENCH_DIR/logs
@@ -46,12 +51,13 @@ say() { echo "== $*" >&2; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 mib() { awk -v x="$1" 'BEGIN { printf "%.0f", x / 1048576 }'; }
 num() { awk -v x="$1" 'BEGIN { printf "%.0f", x }'; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
 # row WORKLOAD FIGURE UNIT BASELINE TARGET COMMAND [COMMAND-LABEL]
 row() {
-  printf '| %s | %s %s | %s %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$3" "$(ratio "$2" "$4")" "$5" >>"$ROWS"
+  printf '| %s | %s %s | %s %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$3" "$(ratio "$2" "$4")" "$5" "$(load1)" >>"$ROWS"
   grep -qF -- "\`$6\`" "$NOTES" || printf -- '- %s: `%s`\n' "${7:-$1}" "$6" >>"$NOTES"
 }
-pending() { printf '| %s | pending | | | %s |\n' "$1" "$2" >>"$ROWS"; }
+pending() { printf '| %s | pending | | | %s | %s |\n' "$1" "$2" "$(load1)" >>"$ROWS"; }
 
 # fio_json FILE DIRECTION FIELD: a number from fio's (or r3fs-bench's) JSON report, first job.
 fio_json() { jq -r ".jobs[0].$2.$3" "$1"; }
@@ -143,41 +149,72 @@ else
   pending "storage daemon data path (datapath_bench)" "failed: see $LOGS/datapath.err"
 fi
 
-# --- 6. the cluster: seed workloads through the native ring and the mount --------------------
-RING_OK=no
-if [ "$R3FS_UP" = yes ]; then
-  CLUSTER=$BENCH_DIR/cluster
-  MOUNT=$BENCH_DIR/mnt
+# --- 6./7. clusters: seed workloads through the native ring and the mount ---------------------
+# start_cluster REPLICATION NAME: `r3fs up` with a FUSE mount on $BENCH_DIR/NAME-mnt; sets UP_PID,
+# MOUNT and UP (the command); fails if it does not print its readiness line.
+UP_PID=
+stop_cluster() {
+  if [ -n "$UP_PID" ]; then
+    kill -TERM "$UP_PID" 2>/dev/null || true
+    wait "$UP_PID" 2>/dev/null || true
+    UP_PID=
+  fi
+}
+trap stop_cluster EXIT
+start_cluster() {
+  local repl=$1 name=$2
+  CLUSTER=$BENCH_DIR/$name
+  MOUNT=$BENCH_DIR/$name-mnt
   rm -rf "$CLUSTER" && mkdir -p "$CLUSTER" "$MOUNT"
-  UP="r3fs up --data $CLUSTER --mount $MOUNT --replication $REPLICATION --chunk-size $CHUNK_BYTES"
+  UP="r3fs up --data $CLUSTER --mount $MOUNT --replication $repl --chunk-size $CHUNK_BYTES"
   say "cluster: $UP"
-  "$TARGET"/$UP >"$LOGS/up.log" 2>&1 &
+  "$TARGET"/$UP >"$LOGS/$name-up.log" 2>&1 &
   UP_PID=$!
-  trap 'kill -TERM $UP_PID 2>/dev/null || true; wait $UP_PID 2>/dev/null || true' EXIT
-  for _ in $(seq 1 120); do
-    grep -q 'r3fs cluster ready' "$LOGS/up.log" && break
+  for _ in $(seq 1 180); do
+    grep -q 'r3fs cluster ready' "$LOGS/$name-up.log" && break
     kill -0 $UP_PID 2>/dev/null || break
     sleep 1
   done
-  if grep -q 'r3fs cluster ready' "$LOGS/up.log"; then
-    printf -- '- cluster: `%s`\n' "$UP" >>"$NOTES"
+  if grep -q 'r3fs cluster ready' "$LOGS/$name-up.log"; then
+    printf -- '- cluster (replication %s): `%s`\n' "$repl" "$UP" >>"$NOTES"
+    return 0
+  fi
+  stop_cluster
+  return 1
+}
+# ring_rows LABEL WRITE-BASELINE WRITE-TARGET READ-BASELINE READ-TARGET [randread]: the native
+# ring workloads on the cluster at $MOUNT; sets RING_W.
+ring_rows() {
+  local label=$1 wbase=$2 wtarget=$3 rbase=$4 rtarget=$5 tag
+  tag=$(echo "$label" | tr -c 'a-z0-9\n' '-')
+  RING_SIZE=$(( SIZE_MIB / RING_JOBS )); RING_SIZE=$(( RING_SIZE < 4 ? 4 : RING_SIZE / 4 * 4 ))
+  local common="--ioengine=r3fs-ring --mountpoint=$MOUNT --directory=$MOUNT/ring --output-format=json --eta=never"
+  local w="r3fs-bench --name=ringw --rw=write --bs=4M --size=${RING_SIZE}M --numjobs=$RING_JOBS --iodepth=4 --ior_depth=4 --group_reporting --end_fsync=1 $common"
+  local r="r3fs-bench --name=ringw --rw=read --bs=4M --size=${RING_SIZE}M --numjobs=$RING_JOBS --iodepth=4 --ior_depth=4 --group_reporting $common"
+  say "native ring ($label): $w"
+  "$TARGET"/$w >"$LOGS/ring-$tag-seqwrite.json"
+  RING_W=$(fio_json "$LOGS/ring-$tag-seqwrite.json" write bw_bytes)
+  row "native ring, $label, $RING_JOBS jobs x 4 MiB seq write" "$(mib "$RING_W")" MiB/s "$wbase" "$wtarget" "$w" "native ring, $RING_JOBS jobs x 4 MiB seq write"
+  "$TARGET"/$r >"$LOGS/ring-$tag-seqread.json"
+  row "native ring, $label, $RING_JOBS jobs x 4 MiB seq read" "$(mib "$(fio_json "$LOGS/ring-$tag-seqread.json" read bw_bytes)")" MiB/s "$rbase" "$rtarget" "$r" "native ring, $RING_JOBS jobs x 4 MiB seq read"
+  if [ "${6:-}" = randread ]; then
+    local x="r3fs-bench --name=ringx --rw=randread --bs=4k --size=${SIZE_MIB}M --iodepth=$RAND_QD --ior_depth=$RAND_QD --runtime=$RAND_SECONDS --time_based $common"
+    "$TARGET"/$x >"$LOGS/ring-$tag-randread.json"
+    row "native ring, $label, 4 KiB random read, QD $RAND_QD" "$(num "$(fio_json "$LOGS/ring-$tag-randread.json" read iops)")" IOPS "$(num "$RAW_IOPS")" ">= 0.50" "$x" "native ring, 4 KiB random read, QD $RAND_QD"
+  fi
+  rm -rf "$MOUNT/ring"
+}
+
+RING_OK=no
+if [ "$R3FS_UP" = yes ]; then
+  if start_cluster "$REPLICATION" cluster; then
     if "$BENCH" --name=probe --directory="$MOUNT" --size=4M --ioengine=r3fs-ring --mountpoint="$MOUNT" \
         --rw=write --bs=4M --eta=never >"$LOGS/ring-probe.txt" 2>&1; then
       RING_OK=yes
+      rm -f "$MOUNT"/probe*
     fi
     if [ $RING_OK = yes ]; then
-      RING_SIZE=$(( SIZE_MIB / RING_JOBS )); RING_SIZE=$(( RING_SIZE < 4 ? 4 : RING_SIZE / 4 * 4 ))
-      W="r3fs-bench --name=ringw --rw=write --bs=4M --size=${RING_SIZE}M --numjobs=$RING_JOBS --iodepth=4 --ior_depth=4 --group_reporting --end_fsync=1 --ioengine=r3fs-ring --mountpoint=$MOUNT --directory=$MOUNT/ring --output-format=json --eta=never"
-      R="r3fs-bench --name=ringw --rw=read --bs=4M --size=${RING_SIZE}M --numjobs=$RING_JOBS --iodepth=4 --ior_depth=4 --group_reporting --ioengine=r3fs-ring --mountpoint=$MOUNT --directory=$MOUNT/ring --output-format=json --eta=never"
-      X="r3fs-bench --name=ringx --rw=randread --bs=4k --size=${SIZE_MIB}M --iodepth=$RAND_QD --ior_depth=$RAND_QD --runtime=$RAND_SECONDS --time_based --ioengine=r3fs-ring --mountpoint=$MOUNT --directory=$MOUNT/ring --output-format=json --eta=never"
-      say "native ring: $W"
-      "$TARGET"/$W >"$LOGS/ring-seqwrite.json"
-      "$TARGET"/$R >"$LOGS/ring-seqread.json"
-      "$TARGET"/$X >"$LOGS/ring-randread.json"
-      RING_W=$(fio_json "$LOGS/ring-seqwrite.json" write bw_bytes)
-      row "native ring, $RING_JOBS jobs x 4 MiB seq write" "$(mib "$RING_W")" MiB/s "$(mib "$RAW_W")" ">= 0.80 (repl. 1)" "$W"
-      row "native ring, $RING_JOBS jobs x 4 MiB seq read" "$(mib "$(fio_json "$LOGS/ring-seqread.json" read bw_bytes)")" MiB/s "$(mib "$RAW_R")" ">= 0.80 (repl. 1)" "$R"
-      row "native ring, 4 KiB random read, QD $RAND_QD" "$(num "$(fio_json "$LOGS/ring-randread.json" read iops)")" IOPS "$(num "$RAW_IOPS")" ">= 0.50" "$X"
+      ring_rows "replication $REPLICATION" "$(mib "$RAW_W")" ">= 0.80 (repl. 1)" "$(mib "$RAW_R")" ">= 0.80 (repl. 1)" randread
     else
       pending "native ring engine (seed workload 1, 4 KiB random reads)" "r3fs-bench has no r3fs-ring engine in this build: $(head -c 200 "$LOGS/ring-probe.txt")"
     fi
@@ -186,15 +223,26 @@ if [ "$R3FS_UP" = yes ]; then
     say "mount: $FUSE"
     if $FUSE >"$LOGS/fuse-seqwrite.json" 2>"$LOGS/fuse-seqwrite.err"; then
       FUSE_W=$(fio_json "$LOGS/fuse-seqwrite.json" write bw_bytes)
-      row "FUSE mount, real fio libaio, 2 jobs x 4 MiB direct write" "$(mib "$FUSE_W")" MiB/s "$(mib "$RAW_W")" ">= 0.60 of native" "$FUSE"
+      row "FUSE mount, replication $REPLICATION, real fio libaio, 2 jobs x 4 MiB direct write" "$(mib "$FUSE_W")" MiB/s "$(mib "$RAW_W")" ">= 0.60 of native" "$FUSE" "FUSE mount, real fio libaio, 2 jobs x 4 MiB direct write"
       if [ $RING_OK = yes ]; then
-        printf '| FUSE / native ring write | | | %s | >= 0.60 |\n' "$(ratio "$FUSE_W" "$RING_W")" >>"$ROWS"
+        printf '| FUSE / native ring write | | | %s | >= 0.60 | |\n' "$(ratio "$FUSE_W" "$RING_W")" >>"$ROWS"
       fi
     else
       pending "FUSE mount, real fio libaio 2 jobs x 4 MiB direct write" "fio failed: $(head -c 200 "$LOGS/fuse-seqwrite.err")"
     fi
+    stop_cluster
+    rm -rf "$CLUSTER"
   else
-    pending "local cluster (r3fs up)" "did not print 'r3fs cluster ready': see $LOGS/up.log"
+    pending "local cluster (r3fs up, replication $REPLICATION)" "did not print 'r3fs cluster ready': see $LOGS/cluster-up.log"
+  fi
+  if [ "$REPLICATION3" -gt 1 ] && [ $RING_OK = yes ]; then
+    if start_cluster "$REPLICATION3" cluster-r$REPLICATION3; then
+      ring_rows "replication $REPLICATION3" "$(mib "$(awk -v x="$RAW_W" -v n="$REPLICATION3" 'BEGIN { print x / n }')")" ">= 0.80 of raw / $REPLICATION3" "$(mib "$RAW_R")" "- (vs raw read: one replica serves)"
+      stop_cluster
+      rm -rf "$CLUSTER"
+    else
+      pending "local cluster (r3fs up, replication $REPLICATION3)" "did not print 'r3fs cluster ready': see $LOGS/cluster-r$REPLICATION3-up.log"
+    fi
   fi
 else
   why="needs \`r3fs up\` (tools/r3fs)"; [ "$R3FS_UP" = no ] || why="r3fs up: $R3FS_UP"
@@ -211,14 +259,16 @@ SECTION=$LOGS/section.md
   echo "<!-- BEGIN perf/run.sh: generated by perf/run.sh; edit the script, not this section -->"
   echo "## Side by side (perf/run.sh)"
   echo
-  echo "Generated by \`perf/run.sh\` (SIZE_MIB=$SIZE_MIB SEQ_QD=$SEQ_QD RAND_QD=$RAND_QD RAND_SECONDS=$RAND_SECONDS RING_JOBS=$RING_JOBS REPLICATION=$REPLICATION CHUNK_BYTES=$CHUNK_BYTES) on $STARTED,"
+  echo "Generated by \`perf/run.sh\` (SIZE_MIB=$SIZE_MIB SEQ_QD=$SEQ_QD RAND_QD=$RAND_QD RAND_SECONDS=$RAND_SECONDS RING_JOBS=$RING_JOBS REPLICATION=$REPLICATION REPLICATION3=$REPLICATION3 CHUNK_BYTES=$CHUNK_BYTES) on $STARTED,"
   echo "everything in one run on the same disk ($(df -h "$BENCH_DIR" | awk 'NR==2 {print $1 ", " $2 " " }')file system $(stat -f -c %T "$BENCH_DIR"), $(nproc) cores."
   echo "Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END (other helpers' builds and tests share the cores)."
   echo "Ratios divide by the raw fio row with the same block size and depth, except the chunk store and storage"
-  echo "daemon rows, whose benchmarks run their own fio with identical parameters right next to them."
+  echo "daemon rows, whose benchmarks run their own fio with identical parameters right next to them, and the"
+  echo "replication-$REPLICATION3 write row, which divides by raw fio / $REPLICATION3 (every byte reaches the disk $REPLICATION3 times)."
+  echo "The load column is the 1-minute load average when the row was measured."
   echo
-  echo "| workload | r3fs | raw fio | ratio | target |"
-  echo "| --- | ---: | ---: | ---: | --- |"
+  echo "| workload | r3fs | raw fio | ratio | target | load |"
+  echo "| --- | ---: | ---: | ---: | --- | ---: |"
   cat "$ROWS"
   echo
   echo "Commands (r3fs-bench and r3fs live in target/release):"

@@ -1,11 +1,12 @@
 //! The r3fs-ring engine against a real local cluster: `r3fs up --mount` runs mgmtd, meta, the
 //! storage daemons and r3fs-fuse (which serves the USRBIO rings); r3fs-bench writes, reads and
-//! mixes through the native ring, and the JSON byte counts are checked (reads see every byte the
-//! writes stored). Skips with a printed reason where this machine
-//! cannot mount FUSE.
+//! mixes through the native ring, the JSON byte counts are checked, and the files, read back
+//! through the mount right after each run, have their length and hold the written pattern.
+//! Skips with a printed reason where this machine cannot mount FUSE.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+use r3fs_bench::pattern;
 use r3fs_testkit::{Proc, binary};
 use serde_json::Value;
 use std::path::Path;
@@ -92,9 +93,16 @@ fn the_ring_engine_moves_the_expected_bytes_through_a_real_mount() {
             "randrw" => assert!(read > 0 && write > 0, "{read} {write}"),
             _ => assert_eq!(write, 0),
         }
-        // Not checked here yet: the files' contents read back through the mount. Right after
-        // the ring run the mount still reports length 0 for them (the ring server learns the
-        // written length, the kernel's cached attributes do not), while ring reads see all of it.
+        // Right after the run (its ring fsync and deregistration), the files read back through
+        // the mount have their full length and the written pattern.
+        for file in 0..NRFILES as u32 {
+            let path = mount.join("bench").join(format!("ring.0.{file}"));
+            let data =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            assert_eq!(data.len() as u64, FILE_BYTES, "{rw}: {}", path.display());
+            pattern::check(&data, pattern::file_tag(0, file), 0)
+                .unwrap_or_else(|e| panic!("{rw}: {}: {e}", path.display()));
+        }
     }
     assert!(up.terminate(STOP_TIMEOUT), "r3fs up stops cleanly");
 }

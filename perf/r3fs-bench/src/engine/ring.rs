@@ -123,8 +123,24 @@ impl Engine for Ring {
         Ok(())
     }
 
+    /// Through the ring (its fsync entry), as an application of the native API would; the job
+    /// calls it with nothing in flight.
     fn sync(&mut self, file: usize) -> io::Result<()> {
-        self.files[file].sync_all()
+        const SYNC_USERDATA: u64 = u64::MAX;
+        self.ior.prep_fsync(self.files[file].as_raw_fd(), SYNC_USERDATA).map_err(errno)?;
+        self.ior.submit().map_err(errno)?;
+        let count = self.ior.wait(&mut self.cqes, 1, None).map_err(errno)?;
+        let Some(cqe) = self.cqes[..count].first() else {
+            return Err(io::Error::other("the ring fsync was lost"));
+        };
+        if count > 1 || cqe.userdata != SYNC_USERDATA {
+            return Err(io::Error::other("a completion arrived during the ring fsync"));
+        }
+        if cqe.result < 0 {
+            let errno = i32::try_from(-cqe.result).unwrap_or(libc::EIO);
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(())
     }
 
     fn is_synchronous(&self) -> bool {
