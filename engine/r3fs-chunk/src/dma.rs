@@ -199,7 +199,6 @@ impl DmaDevice {
         }
         drop(read);
         file.close().await.map_err(|e| io_err("closing the probe file")(e.into()))?;
-        std::fs::remove_file(&probe).map_err(io_err("removing the probe file"))?;
         Ok(DmaDevice { dir: dir.to_path_buf(), _lock: lock })
     }
 
@@ -213,12 +212,15 @@ impl DmaDevice {
 fn probe_direct_io(dir: &Path) -> Result<(), DeviceOpenError> {
     let unsupported =
         |detail: String| DeviceOpenError::DirectIoUnsupported { dir: dir.to_path_buf(), detail };
+    // The probe file is kept between opens (never truncated or removed): a later probe then
+    // overwrites a block the file system already allocated, so a store reopened on a full disk
+    // still passes (reads and removals must keep working there).
     let path = dir.join(PROBE_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .custom_flags(libc::O_DIRECT)
         .open(&path)
         .map_err(|e| unsupported(format!("open with O_DIRECT: {e}")))?;
@@ -229,8 +231,18 @@ fn probe_direct_io(dir: &Path) -> Result<(), DeviceOpenError> {
     for (i, byte) in window.iter_mut().enumerate() {
         *byte = (i % 251) as u8;
     }
-    file.write_all_at(window, 0)
-        .map_err(|e| unsupported(format!("4 KiB aligned O_DIRECT write: {e}")))?;
+    file.write_all_at(window, 0).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            // O_DIRECT was accepted; the file system has no block for the probe.
+            DeviceOpenError::Io {
+                op: "probing O_DIRECT (disk full)",
+                dir: dir.to_path_buf(),
+                source: e,
+            }
+        } else {
+            unsupported(format!("4 KiB aligned O_DIRECT write: {e}"))
+        }
+    })?;
     window.fill(0);
     file.read_exact_at(window, 0)
         .map_err(|e| unsupported(format!("4 KiB aligned O_DIRECT read: {e}")))?;
