@@ -97,12 +97,15 @@ pub fn check_memlock(config: &StorageConfig) -> Result<(), StartError> {
 pub fn probe_direct_io(path: &Path) -> Result<(), StartError> {
     let unsupported =
         |detail: String| StartError::DirectIoUnsupported { path: path.to_path_buf(), detail };
+    // The probe file is kept between starts (never truncated or removed): a later probe then
+    // overwrites a block the file system already allocated, so a daemon restarted on a full
+    // disk still passes (it must: reads and removals work on a full disk).
     let probe = path.join(PROBE_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .custom_flags(libc::O_DIRECT)
         .open(&probe)
         .map_err(|e| unsupported(format!("open with O_DIRECT: {e}")))?;
@@ -112,7 +115,18 @@ pub fn probe_direct_io(path: &Path) -> Result<(), StartError> {
     }
     let result = file
         .write_all_at(buf.as_ref(), 0)
-        .map_err(|e| unsupported(format!("4 KiB aligned O_DIRECT write: {e}")))
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // The file system took the O_DIRECT open; it has no block for the probe.
+                StartError::Io {
+                    path: path.to_path_buf(),
+                    op: "probing O_DIRECT (disk full)",
+                    source: e,
+                }
+            } else {
+                unsupported(format!("4 KiB aligned O_DIRECT write: {e}"))
+            }
+        })
         .and_then(|()| {
             buf.as_mut().fill(0);
             file.read_exact_at(buf.as_mut(), 0)
@@ -126,7 +140,6 @@ pub fn probe_direct_io(path: &Path) -> Result<(), StartError> {
             }
         });
     drop(file);
-    let _ = std::fs::remove_file(&probe);
     result
 }
 
