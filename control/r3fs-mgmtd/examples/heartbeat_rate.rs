@@ -81,6 +81,7 @@ async fn measure(name: &str, kv: Arc<dyn Kv>) -> anyhow::Result<()> {
                                 local_state: LocalTargetState::UpToDate,
                                 used_bytes: 1 << 30,
                                 total_bytes: 4 << 30,
+                                resync: None,
                                 chain_version: 0,
                             })
                             .collect(),

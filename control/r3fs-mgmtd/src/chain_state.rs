@@ -69,6 +69,34 @@ pub enum ChainError {
     DuplicateTarget(TargetId),
 }
 
+/// Why an operator's change of a chain is refused. The texts are shown to operators as they
+/// are: each says what to do instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainOpError {
+    #[error("target {target} is not in chain {chain}")]
+    NotMember { chain: ChainId, target: TargetId },
+    #[error("target {target} is already in chain {chain}")]
+    AlreadyMember { chain: ChainId, target: TargetId },
+    #[error("chain {chain} already holds {CHAIN_TARGETS_MAX} targets; remove one first")]
+    Full { chain: ChainId },
+    #[error(
+        "target {target} is the only target of chain {chain}; add another with add-target-to-chain and wait until it serves, then remove {target}"
+    )]
+    OnlyTarget { chain: ChainId, target: TargetId },
+    #[error(
+        "target {target} is the only serving replica of chain {chain}: removing it would leave the chain without an up-to-date replica; add a target with add-target-to-chain and wait until it serves (r3fs list-targets), then remove {target}"
+    )]
+    OnlyServing { chain: ChainId, target: TargetId },
+    #[error(
+        "target {target} is the last-serving target of chain {chain} and holds its newest data: bring it back (the chain then serves again), or, if it is lost for good, make another target last-serving with rotate-last-serving first"
+    )]
+    OnlyLastServing { chain: ChainId, target: TargetId },
+    #[error(
+        "chain {chain} still has a serving or syncing target ({target}): rotate-last-serving applies only to a chain that has lost every serving replica"
+    )]
+    StillServing { chain: ChainId, target: TargetId },
+}
+
 /// Order of the groups in a chain.
 fn group_rank(state: PublicTargetState) -> u8 {
     match state {
@@ -160,16 +188,149 @@ impl ChainState {
         if syncing == 1 && serving == 0 {
             return Err(format!("chain {} syncs with no serving target", self.chain_id));
         }
-        if last_serving > 1 {
-            return Err(format!("chain {} has {last_serving} last-serving targets", self.chain_id));
-        }
-        if last_serving == 1 && serving + syncing > 0 {
+        if last_serving > 0 && serving + syncing > 0 {
             return Err(format!(
                 "chain {} has a last-serving target next to serving/syncing ones",
                 self.chain_id
             ));
         }
         Ok(())
+    }
+}
+
+impl ChainState {
+    /// Operator's remove-target: the chain without `target`, recomputed from `local`, at the next
+    /// version. The chain's state is first brought up to date with `local`, so the refusals
+    /// judge what is true now: the chain must keep at least one target; a target may not leave
+    /// if it is the only serving one (the rest would miss its writes) or the only last-serving
+    /// one while nothing serves (it holds the newest data).
+    pub fn remove_member(
+        &self,
+        target: TargetId,
+        local: impl Fn(TargetId) -> LocalTargetState,
+    ) -> Result<ChainState, ChainOpError> {
+        let chain = self.chain_id;
+        let now = self.recompute(&local);
+        let Some(state) = now.public_state(target) else {
+            return Err(ChainOpError::NotMember { chain, target });
+        };
+        if now.members.len() == 1 {
+            return Err(ChainOpError::OnlyTarget { chain, target });
+        }
+        let count = |s| now.members.iter().filter(|m| m.public_state == s).count();
+        match state {
+            PublicTargetState::Serving if count(PublicTargetState::Serving) == 1 => {
+                return Err(ChainOpError::OnlyServing { chain, target });
+            }
+            PublicTargetState::LastServing if count(PublicTargetState::LastServing) == 1 => {
+                return Err(ChainOpError::OnlyLastServing { chain, target });
+            }
+            _ => {}
+        }
+        let members = now.members.iter().filter(|m| m.target_id != target).copied().collect();
+        let removed = ChainState { chain_id: chain, version: self.version, members };
+        Ok(removed.recompute(&local).bumped_from(self))
+    }
+
+    /// Operator's add-target-to-chain: `target` appended as offline, then recomputed from
+    /// `local`, at the next version. A new target never serves before a resync: an up-to-date
+    /// claim on an offline target only makes it wait (the table), and its daemon, seeing it
+    /// waiting, reports it online, so it syncs from the serving targets (while writes flow to
+    /// it) and serves once its resync is done.
+    pub fn add_member(
+        &self,
+        target: TargetId,
+        local: impl Fn(TargetId) -> LocalTargetState,
+    ) -> Result<ChainState, ChainOpError> {
+        let chain = self.chain_id;
+        if self.public_state(target).is_some() {
+            return Err(ChainOpError::AlreadyMember { chain, target });
+        }
+        if self.members.len() >= CHAIN_TARGETS_MAX {
+            return Err(ChainOpError::Full { chain });
+        }
+        let mut members = self.members.clone();
+        members.push(ChainMember { target_id: target, public_state: PublicTargetState::Offline });
+        let added = ChainState { chain_id: chain, version: self.version, members };
+        Ok(added.recompute(&local).bumped_from(self))
+    }
+
+    /// Operator's rotate-last-serving: for a chain that has lost every serving replica, make
+    /// `target` its (only) last-serving target in place of the current one(s), then recompute
+    /// from `local` (so an alive `target` serves at once and the others resync from it). Writes
+    /// committed after `target` stopped serving exist only on the old last-serving target(s) and
+    /// are lost unless one of those returns before any new write: the operator's decision.
+    /// Unchanged (same version) if `target` already is the only last-serving target.
+    pub fn rotate_last_serving(
+        &self,
+        target: TargetId,
+        local: impl Fn(TargetId) -> LocalTargetState,
+    ) -> Result<ChainState, ChainOpError> {
+        let chain = self.chain_id;
+        let now = self.recompute(&local);
+        if now.public_state(target).is_none() {
+            return Err(ChainOpError::NotMember { chain, target });
+        }
+        if let Some(up) = now.members.iter().find(|m| m.public_state.takes_writes()) {
+            return Err(ChainOpError::StillServing { chain, target: up.target_id });
+        }
+        let mut members: Vec<ChainMember> = now
+            .members
+            .iter()
+            .map(|m| {
+                let public_state = if m.target_id == target {
+                    PublicTargetState::LastServing
+                } else if m.public_state == PublicTargetState::LastServing {
+                    PublicTargetState::Offline
+                } else {
+                    m.public_state
+                };
+                ChainMember { target_id: m.target_id, public_state }
+            })
+            .collect();
+        members.sort_by_key(|m| group_rank(m.public_state));
+        if members == self.members {
+            return Ok(self.clone());
+        }
+        let rotated = ChainState { chain_id: chain, version: self.version, members };
+        Ok(rotated.recompute(&local).bumped_from(self))
+    }
+
+    /// Orderly stop (3FS's shutdown-all-chains): every serving target becomes last-serving,
+    /// syncing and waiting ones offline, so the chain takes no writes. Every last-serving target
+    /// then holds every committed write, so on restart whichever returns first serves without a
+    /// resync (and the others that return in the same recompute serve too); later ones resync.
+    /// mgmtd must not recompute a shut-down chain until the operator starts the chains again,
+    /// since alive daemons' reports would make the last-serving targets serve at once.
+    pub fn shutdown(&self) -> ChainState {
+        let mut members: Vec<ChainMember> = self
+            .members
+            .iter()
+            .map(|m| {
+                let public_state = match m.public_state {
+                    PublicTargetState::Serving | PublicTargetState::LastServing => {
+                        PublicTargetState::LastServing
+                    }
+                    PublicTargetState::Syncing
+                    | PublicTargetState::Waiting
+                    | PublicTargetState::Offline => PublicTargetState::Offline,
+                };
+                ChainMember { target_id: m.target_id, public_state }
+            })
+            .collect();
+        members.sort_by_key(|m| group_rank(m.public_state));
+        let version = if members == self.members { self.version } else { self.version.next() };
+        let next = ChainState { chain_id: self.chain_id, version, members };
+        debug_assert_eq!(next.check(), Ok(()));
+        next
+    }
+
+    /// `self` (an operator's change of `before`, recomputed) at exactly one version above
+    /// `before`: the change and the recompute are published as one step.
+    fn bumped_from(mut self, before: &ChainState) -> ChainState {
+        self.version = before.version.next();
+        debug_assert_eq!(self.check(), Ok(()));
+        self
     }
 }
 
@@ -200,15 +361,9 @@ fn round(
 
     let any_serving = tentative.contains(&Tentative::Serving);
     let mut tentative = tentative;
-    // At most one last-serving target: a second one can only come from corrupt input; keep the
-    // first (in chain order), which is the one this machine would have chosen.
-    if let Some(first) = tentative.iter().position(|t| *t == Tentative::LastServing) {
-        for t in &mut tentative[first + 1..] {
-            if *t == Tentative::LastServing {
-                *t = Tentative::Offline { newly: false };
-            }
-        }
-    }
+    // Several last-serving targets exist only after an orderly shutdown
+    // ([`ChainState::shutdown`]): every target serving then holds every committed write, and no
+    // write commits while none serves, so whichever returns first may serve.
     if any_serving {
         // Someone serves (again): a last-serving target is no longer the only holder of the newest
         // data, and must resync like any other returning target.
@@ -350,6 +505,141 @@ mod tests {
         assert_eq!(states(&c), vec![(2, P::Waiting), (1, P::LastServing)]);
     }
 
+    fn chain_of(members: &[(u64, P)]) -> ChainState {
+        ChainState {
+            chain_id: ChainId(1),
+            version: ChainVersion(10),
+            members: members
+                .iter()
+                .map(|&(t, public_state)| ChainMember { target_id: TargetId(t), public_state })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn remove_member_refuses_to_strand_the_chain() {
+        let chain = chain_of(&[(1, P::Serving), (2, P::Serving), (3, P::Offline)]);
+        let up = [(1, L::UpToDate), (2, L::UpToDate)];
+        let c = chain.remove_member(TargetId(2), with_local(&up)).expect("another serves");
+        assert_eq!(states(&c), vec![(1, P::Serving), (3, P::Offline)]);
+        assert_eq!(c.version, ChainVersion(11));
+        let c = c.remove_member(TargetId(3), with_local(&up)).expect("offline target");
+        assert_eq!(states(&c), vec![(1, P::Serving)]);
+        assert_eq!(c.version, ChainVersion(12));
+        assert_eq!(
+            c.remove_member(TargetId(1), with_local(&up)),
+            Err(ChainOpError::OnlyTarget { chain: ChainId(1), target: TargetId(1) })
+        );
+        assert_eq!(
+            c.remove_member(TargetId(9), with_local(&up)),
+            Err(ChainOpError::NotMember { chain: ChainId(1), target: TargetId(9) })
+        );
+        // 2 serves in the stored chain but its daemon died: judged on the recomputed chain, 1
+        // is the only serving replica left.
+        let refused = chain.remove_member(TargetId(1), with_local(&[(1, L::UpToDate)]));
+        assert_eq!(
+            refused,
+            Err(ChainOpError::OnlyServing { chain: ChainId(1), target: TargetId(1) })
+        );
+        let message = refused.expect_err("refused").to_string();
+        assert!(message.contains("add-target-to-chain"), "{message}");
+        // The last-serving target holds the newest data.
+        let down = chain_of(&[(1, P::LastServing), (2, P::Offline)]);
+        assert_eq!(
+            down.remove_member(TargetId(1), with_local(&[])),
+            Err(ChainOpError::OnlyLastServing { chain: ChainId(1), target: TargetId(1) })
+        );
+        let c = down.remove_member(TargetId(2), with_local(&[])).expect("offline target");
+        assert_eq!(states(&c), vec![(1, P::LastServing)]);
+    }
+
+    #[test]
+    fn added_member_syncs_before_it_serves() {
+        let chain = chain_of(&[(1, P::Serving), (2, P::Serving)]);
+        let fresh = [(1, L::UpToDate), (2, L::UpToDate), (3, L::UpToDate)];
+        // A just-created target claims up-to-date (it belongs to no chain yet): it waits.
+        let c = chain.add_member(TargetId(3), with_local(&fresh)).expect("added");
+        assert_eq!(states(&c), vec![(1, P::Serving), (2, P::Serving), (3, P::Waiting)]);
+        assert_eq!(c.version, ChainVersion(11));
+        assert_eq!(c.recompute(with_local(&fresh)), c, "an up-to-date claim never skips the sync");
+        // Its daemon sees it waiting and reports online: it syncs, then serves.
+        let syncing = [(1, L::UpToDate), (2, L::UpToDate), (3, L::Online)];
+        let c = c.recompute(with_local(&syncing));
+        assert_eq!(states(&c), vec![(1, P::Serving), (2, P::Serving), (3, P::Syncing)]);
+        let c = c.recompute(with_local(&fresh));
+        assert!(c.members.iter().all(|m| m.public_state == P::Serving));
+        // Online at once: syncing in the same step.
+        let c2 = chain.add_member(TargetId(3), with_local(&syncing)).expect("added");
+        assert_eq!(states(&c2), vec![(1, P::Serving), (2, P::Serving), (3, P::Syncing)]);
+        assert_eq!(c2.version, ChainVersion(11));
+        assert_eq!(
+            chain.add_member(TargetId(2), with_local(&fresh)),
+            Err(ChainOpError::AlreadyMember { chain: ChainId(1), target: TargetId(2) })
+        );
+        let full = ChainState::new(ChainId(1), &ids(CHAIN_TARGETS_MAX as u64)).expect("valid");
+        assert_eq!(
+            full.add_member(TargetId(99), with_local(&[])),
+            Err(ChainOpError::Full { chain: ChainId(1) })
+        );
+    }
+
+    #[test]
+    fn rotate_last_serving_moves_the_identity() {
+        let down = chain_of(&[(2, P::Waiting), (1, P::LastServing), (3, P::Offline)]);
+        // 1's disk is gone; 2 is alive and waiting: it becomes last-serving and serves at once,
+        // and 3 (alive too) syncs from it.
+        let local = [(2, L::Online), (3, L::Online)];
+        let c = down.rotate_last_serving(TargetId(2), with_local(&local)).expect("rotated");
+        assert_eq!(states(&c), vec![(2, P::Serving), (3, P::Syncing), (1, P::Offline)]);
+        assert_eq!(c.version, ChainVersion(11));
+        // To a target that is down: it is last-serving and the chain waits for it.
+        let c = down.rotate_last_serving(TargetId(3), with_local(&[(2, L::Online)])).expect("ok");
+        assert_eq!(states(&c), vec![(2, P::Waiting), (3, P::LastServing), (1, P::Offline)]);
+        // Already the last-serving target: no change.
+        assert_eq!(
+            down.rotate_last_serving(TargetId(1), with_local(&[(2, L::Online)])),
+            Ok(down.clone())
+        );
+        let serving = chain_of(&[(1, P::Serving), (2, P::Offline)]);
+        assert_eq!(
+            serving.rotate_last_serving(TargetId(2), with_local(&[(1, L::UpToDate)])),
+            Err(ChainOpError::StillServing { chain: ChainId(1), target: TargetId(1) })
+        );
+        assert_eq!(
+            down.rotate_last_serving(TargetId(7), with_local(&[])),
+            Err(ChainOpError::NotMember { chain: ChainId(1), target: TargetId(7) })
+        );
+    }
+
+    #[test]
+    fn shutdown_keeps_every_serving_replica_as_last_serving() {
+        let chain = chain_of(&[(1, P::Serving), (2, P::Serving), (3, P::Syncing), (4, P::Offline)]);
+        let stopped = chain.shutdown();
+        assert_eq!(
+            states(&stopped),
+            vec![(1, P::LastServing), (2, P::LastServing), (3, P::Offline), (4, P::Offline)]
+        );
+        assert_eq!(stopped.version, ChainVersion(11));
+        assert_eq!(stopped.check(), Ok(()));
+        assert_eq!(stopped.shutdown(), stopped, "idempotent");
+        assert!(!stopped.members.iter().any(|m| m.public_state.takes_writes()));
+        // Restart: 1 and 2 report online in the same step: both serve without a resync; 3
+        // (incomplete) resyncs; 4 waits.
+        let all = [(1, L::Online), (2, L::Online), (3, L::Online), (4, L::Online)];
+        let c = stopped.recompute(with_local(&all));
+        assert_eq!(
+            states(&c),
+            vec![(1, P::Serving), (2, P::Serving), (3, P::Syncing), (4, P::Waiting)]
+        );
+        // Only 2 is back at first: it serves alone, and 1 must resync when it returns (writes
+        // may have committed without it).
+        let c = stopped.recompute(with_local(&[(2, L::Online)]));
+        assert_eq!(
+            states(&c),
+            vec![(2, P::Serving), (1, P::Offline), (3, P::Offline), (4, P::Offline)]
+        );
+    }
+
     // ---- property tests against a model of the storage daemons and of writes ----
 
     #[derive(Clone, Debug)]
@@ -365,6 +655,8 @@ mod tests {
         /// mgmtd recomputes the chain; with `Some(i)` an operator's offline-target forces target
         /// `i`'s local state to offline for this recompute.
         Recompute(Option<usize>),
+        /// An operator's shutdown-all-chains (the next recompute is the restart).
+        Shutdown,
     }
 
     fn action(n: usize) -> impl Strategy<Value = Action> {
@@ -377,6 +669,7 @@ mod tests {
             Just(Action::Recompute(None)),
             Just(Action::Recompute(None)),
             (0..n).prop_map(|i| Action::Recompute(Some(i))),
+            Just(Action::Shutdown),
         ]
     }
 
@@ -464,13 +757,13 @@ mod tests {
                             prop_assert_eq!(last.len(), 1);
                             prop_assert!(served_before.contains(&last[0]));
                         }
-                        // A last-serving target keeps its identity: while one exists, only it may
+                        // A last-serving target keeps its identity: while some exist, only they may
                         // become serving.
-                        if let Some(last) = chain.members.iter().find(|m| m.public_state == P::LastServing) {
+                        if chain.members.iter().any(|m| m.public_state == P::LastServing) {
                             for m in &next.members {
                                 if m.public_state == P::Serving {
-                                    prop_assert!(m.target_id == last.target_id || chain.public_state(m.target_id) == Some(P::Syncing),
-                                        "{:?} serves while {:?} was last-serving", m.target_id, last.target_id);
+                                    prop_assert!(matches!(chain.public_state(m.target_id), Some(P::LastServing | P::Syncing)),
+                                        "{:?} serves while others were last-serving: {:?}", m.target_id, chain);
                                 }
                             }
                         }
@@ -481,6 +774,12 @@ mod tests {
                                     "{:?} serves without every committed write: {:?} -> {:?}", m.target_id, chain, next);
                             }
                         }
+                        chain = next;
+                    }
+                    Action::Shutdown => {
+                        let next = chain.shutdown();
+                        prop_assert_eq!(next.check(), Ok(()));
+                        prop_assert!(!next.members.iter().any(|m| m.public_state.takes_writes()));
                         chain = next;
                     }
                     Action::Observe(i) if i < n && daemons[i].alive => {

@@ -140,7 +140,13 @@ pub fn target_to_pb(target: &TargetRecord, public: Option<PublicTargetState>) ->
         local_state: local_state_to_pb(target.local_state).into(),
         used_bytes: target.used_bytes,
         total_bytes: target.total_bytes,
-        resync: None,
+        resync: target.resync.map(|r| pb::ResyncProgress {
+            target_id: target.target_id.0,
+            chunks_total: r.chunks_total,
+            chunks_done: r.chunks_done,
+            bytes_done: r.bytes_done,
+            started_unix_ms: r.started_unix_ms,
+        }),
     }
 }
 

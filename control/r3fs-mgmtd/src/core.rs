@@ -461,6 +461,12 @@ impl<A> RoutingVersioned for (A, u64) {
     }
 }
 
+impl RoutingVersioned for store::ChainsOutcome {
+    fn routing_version(&self) -> Option<u64> {
+        Some(self.routing_version)
+    }
+}
+
 impl RoutingVersioned for Option<u64> {
     fn routing_version(&self) -> Option<u64> {
         *self

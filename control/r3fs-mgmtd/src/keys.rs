@@ -103,6 +103,11 @@ pub fn chains() -> (Vec<u8>, Vec<u8>) {
     range(key(&[b"chain/"]))
 }
 
+/// Set by shutdown-all-chains, cleared by start-all-chains: while present, chains are frozen.
+pub fn chains_stopped() -> Vec<u8> {
+    key(&[b"chains-stopped"])
+}
+
 pub fn chain_table(table: ChainTableId, version: ChainTableVersion) -> Vec<u8> {
     key(&[b"chain-table/", &table.0.to_be_bytes(), b"/", &version.0.to_be_bytes()])
 }
@@ -166,6 +171,8 @@ mod tests {
         let (begin, end) = configs(NodeType::Meta);
         assert!(config(NodeType::Meta, u64::MAX) < end && config(NodeType::Meta, 1) >= begin);
         assert!(config(NodeType::Storage, 1) >= end);
+        let (begin, end) = chains();
+        assert!(chains_stopped() < begin || chains_stopped() >= end);
     }
 
     #[test]

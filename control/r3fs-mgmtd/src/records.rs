@@ -48,6 +48,25 @@ pub struct TargetRecord {
     /// Capacity as last reported (0 = unknown; records written before the field read as 0).
     #[serde(default)]
     pub total_bytes: u64,
+    /// While the target syncs: its resync progress as its predecessor last reported it
+    /// (refreshed without a routing-version bump; cleared when it leaves syncing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncRecord>,
+}
+
+/// How far a target's resync has come (mgmtd.proto's ResyncProgress without the target id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncRecord {
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub bytes_done: u64,
+    pub started_unix_ms: u64,
+}
+
+/// Present while the chains are shut down (shutdown-all-chains until start-all-chains).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainsStoppedRecord {
+    pub stopped_unix_ms: u64,
 }
 
 /// One immutable chain table version.
@@ -181,6 +200,7 @@ mod tests {
             local_state: LocalTargetState::UpToDate,
             used_bytes: 42,
             total_bytes: 1 << 30,
+            resync: None,
         };
         let bytes = encode(&record).expect("encode");
         assert_eq!(decode::<TargetRecord>(b"k", &bytes).expect("decode"), record);

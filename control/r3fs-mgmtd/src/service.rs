@@ -22,7 +22,7 @@ use crate::convert;
 use crate::core::{Mgmtd, Role, wait_until};
 use crate::error::MgmtdError;
 use crate::lease;
-use crate::records::UserRecord;
+use crate::records::{ResyncRecord, UserRecord};
 use crate::store;
 
 /// Both gRPC services of one instance.
@@ -151,6 +151,15 @@ impl MgmtdRpc for MgmtdService {
                 used_bytes: report.used_bytes,
                 total_bytes: report.total_bytes,
                 chain_version: report.chain_version,
+                resync: report.resync.as_ref().map(|r| store::ResyncProgress {
+                    target_id: TargetId(r.target_id),
+                    progress: ResyncRecord {
+                        chunks_total: r.chunks_total,
+                        chunks_done: r.chunks_done,
+                        bytes_done: r.bytes_done,
+                        started_unix_ms: r.started_unix_ms,
+                    },
+                }),
             });
         }
         let spec = store::HeartbeatSpec {
@@ -375,9 +384,18 @@ impl Admin for MgmtdService {
     ) -> Result<Response<admin_pb::ListChainsResponse>, Status> {
         self.caller(&request, Access::User).await?;
         let routing = self.mgmtd.fresh_routing().await?;
+        let stopped = self
+            .mgmtd
+            .read(|txn| {
+                Box::pin(
+                    async move { store::chains_stopped(txn, r3fs_kv::ReadMode::Snapshot).await },
+                )
+            })
+            .await?;
         Ok(Response::new(admin_pb::ListChainsResponse {
             chains: routing.chains,
             routing_version: routing.routing_version,
+            chains_stopped_unix_ms: stopped.map_or(0, |s| s.stopped_unix_ms),
         }))
     }
 
@@ -507,6 +525,104 @@ impl Admin for MgmtdService {
         Ok(Response::new(admin_pb::OfflineTargetResponse {
             chain: chain.as_ref().map(convert::chain_to_pb),
             routing_version,
+        }))
+    }
+
+    async fn remove_target(
+        &self,
+        request: Request<admin_pb::RemoveTargetRequest>,
+    ) -> Result<Response<admin_pb::RemoveTargetResponse>, Status> {
+        self.caller(&request, Access::Admin).await?;
+        let target = TargetId(request.get_ref().target_id);
+        let (chain, routing_version) = self
+            .mgmtd
+            .write_routing(move |txn, ctx| {
+                Box::pin(async move { store::remove_target(txn, ctx, target).await })
+            })
+            .await?;
+        Ok(Response::new(admin_pb::RemoveTargetResponse {
+            chain: Some(convert::chain_to_pb(&chain)),
+            routing_version,
+        }))
+    }
+
+    async fn add_target_to_chain(
+        &self,
+        request: Request<admin_pb::AddTargetToChainRequest>,
+    ) -> Result<Response<admin_pb::AddTargetToChainResponse>, Status> {
+        self.caller(&request, Access::Admin).await?;
+        let r = request.get_ref();
+        let spec = store::TargetSpec {
+            target_id: TargetId(r.target_id),
+            node_id: NodeId(r.node_id),
+            disk_index: r.disk_index,
+            chain_id: ChainId(r.chain_id),
+        };
+        let (chain, routing_version) = self
+            .mgmtd
+            .write_routing(move |txn, ctx| {
+                Box::pin(async move { store::add_target_to_chain(txn, ctx, &spec).await })
+            })
+            .await?;
+        Ok(Response::new(admin_pb::AddTargetToChainResponse {
+            chain: Some(convert::chain_to_pb(&chain)),
+            routing_version,
+        }))
+    }
+
+    async fn rotate_last_serving(
+        &self,
+        request: Request<admin_pb::RotateLastServingRequest>,
+    ) -> Result<Response<admin_pb::RotateLastServingResponse>, Status> {
+        self.caller(&request, Access::Admin).await?;
+        let chain_id = ChainId(request.get_ref().chain_id);
+        let target = TargetId(request.get_ref().target_id);
+        let (chain, routing_version) = self
+            .mgmtd
+            .write_routing(move |txn, ctx| {
+                Box::pin(
+                    async move { store::rotate_last_serving(txn, ctx, chain_id, target).await },
+                )
+            })
+            .await?;
+        Ok(Response::new(admin_pb::RotateLastServingResponse {
+            chain: Some(convert::chain_to_pb(&chain)),
+            routing_version,
+        }))
+    }
+
+    async fn shutdown_all_chains(
+        &self,
+        request: Request<admin_pb::ShutdownAllChainsRequest>,
+    ) -> Result<Response<admin_pb::ShutdownAllChainsResponse>, Status> {
+        self.caller(&request, Access::Admin).await?;
+        let outcome = self
+            .mgmtd
+            .write_routing(|txn, ctx| {
+                Box::pin(async move { store::shutdown_all_chains(txn, ctx).await })
+            })
+            .await?;
+        Ok(Response::new(admin_pb::ShutdownAllChainsResponse {
+            chains_changed: outcome.chains_changed,
+            routing_version: outcome.routing_version,
+        }))
+    }
+
+    async fn start_all_chains(
+        &self,
+        request: Request<admin_pb::StartAllChainsRequest>,
+    ) -> Result<Response<admin_pb::StartAllChainsResponse>, Status> {
+        self.caller(&request, Access::Admin).await?;
+        let force = request.get_ref().force;
+        let outcome = self
+            .mgmtd
+            .write_routing(move |txn, ctx| {
+                Box::pin(async move { store::start_all_chains(txn, ctx, force).await })
+            })
+            .await?;
+        Ok(Response::new(admin_pb::StartAllChainsResponse {
+            chains_changed: outcome.chains_changed,
+            routing_version: outcome.routing_version,
         }))
     }
 

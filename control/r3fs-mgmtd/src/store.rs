@@ -18,14 +18,14 @@ use r3fs_types::{
     NodeType, TargetId,
 };
 
-use crate::chain_state::ChainState;
+use crate::chain_state::{ChainOpError, ChainState};
 use crate::convert;
 use crate::error::{MgmtdError, Result};
 use crate::keys;
 use crate::lease::{self, Fence, LeaseHolder};
 use crate::records::{
-    self, ChainTableRecord, ClusterRecord, ConfigRecord, NodeRecord, PresenceRecord, TargetRecord,
-    UserRecord,
+    self, ChainTableRecord, ChainsStoppedRecord, ClusterRecord, ConfigRecord, NodeRecord,
+    PresenceRecord, ResyncRecord, TargetRecord, UserRecord,
 };
 
 use ReadMode::{Serializable, Snapshot};
@@ -78,8 +78,55 @@ pub async fn routing_version(txn: &mut dyn Txn) -> Result<u64> {
     records::get_u64(txn, &keys::routing_version(), Snapshot).await
 }
 
+/// Whether shutdown-all-chains froze the chains (until start-all-chains).
+pub async fn chains_stopped(
+    txn: &mut dyn Txn,
+    mode: ReadMode,
+) -> Result<Option<ChainsStoppedRecord>> {
+    records::get::<ChainsStoppedRecord>(txn, &keys::chains_stopped(), mode).await
+}
+
+/// The stored local state of every member of `chain` (offline for a target without a record).
+async fn member_states(
+    txn: &mut dyn Txn,
+    chain: &ChainState,
+) -> Result<HashMap<TargetId, LocalTargetState>> {
+    let mut local = HashMap::new();
+    for target_id in chain.target_ids().collect::<Vec<_>>() {
+        let state = records::get::<TargetRecord>(txn, &keys::target(target_id), Serializable)
+            .await?
+            .map_or(LocalTargetState::Offline, |t| t.local_state);
+        local.insert(target_id, state);
+    }
+    Ok(local)
+}
+
+/// Stores a changed chain and clears the resync progress of every target of `before` or `next`
+/// that is not syncing in `next` (progress describes only a resync under way).
+async fn put_chain(txn: &mut dyn Txn, before: &ChainState, next: &ChainState) -> Result<()> {
+    records::put(txn, &keys::chain(next.chain_id), next)?;
+    let targets: BTreeSet<TargetId> = before.target_ids().chain(next.target_ids()).collect();
+    for target_id in targets {
+        if next.public_state(target_id) == Some(r3fs_types::PublicTargetState::Syncing) {
+            continue;
+        }
+        let key = keys::target(target_id);
+        if let Some(mut target) = records::get::<TargetRecord>(txn, &key, Serializable).await?
+            && target.resync.take().is_some()
+        {
+            records::put(txn, &key, &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Recomputes `chains` from their targets' stored local states; returns whether any changed.
+/// Does nothing while the chains are shut down: alive daemons' reports would otherwise make the
+/// last-serving targets serve again (docs/design/operations.md).
 async fn recompute_chains(txn: &mut dyn Txn, chains: &BTreeSet<ChainId>) -> Result<bool> {
+    if chains.is_empty() || chains_stopped(txn, Serializable).await?.is_some() {
+        return Ok(false);
+    }
     let mut changed = false;
     for &chain_id in chains {
         let Some(chain) =
@@ -87,17 +134,11 @@ async fn recompute_chains(txn: &mut dyn Txn, chains: &BTreeSet<ChainId>) -> Resu
         else {
             continue; // Targets may name a chain that is not uploaded yet.
         };
-        let mut local = HashMap::new();
-        for target_id in chain.target_ids().collect::<Vec<_>>() {
-            let state = records::get::<TargetRecord>(txn, &keys::target(target_id), Serializable)
-                .await?
-                .map_or(LocalTargetState::Offline, |t| t.local_state);
-            local.insert(target_id, state);
-        }
+        let local = member_states(txn, &chain).await?;
         let next = chain.recompute(|t| local.get(&t).copied().unwrap_or(LocalTargetState::Offline));
         if next != chain {
             tracing::info!(chain = %chain_id, from = %chain.version, to = %next.version, members = ?next.members, "chain changed");
-            records::put(txn, &keys::chain(chain_id), &next)?;
+            put_chain(txn, &chain, &next).await?;
             changed = true;
         }
     }
@@ -344,6 +385,16 @@ pub struct TargetReport {
     pub total_bytes: u64,
     /// Chain version the daemon's claim was made at; 0 = unversioned.
     pub chain_version: u32,
+    /// Set while this target resyncs its successor: how far that resync has come.
+    pub resync: Option<ResyncProgress>,
+}
+
+/// A predecessor's report of its successor's resync (mgmtd.proto's ResyncProgress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResyncProgress {
+    /// The target being synced.
+    pub target_id: TargetId,
+    pub progress: ResyncRecord,
 }
 
 #[derive(Clone, Debug)]
@@ -401,8 +452,14 @@ pub async fn heartbeat(
     let mut ignored = Vec::new();
     let mut dirty_chains = BTreeSet::new();
     for report in &spec.targets {
-        let TargetReport { target_id, mut local_state, used_bytes, total_bytes, chain_version } =
-            *report;
+        let TargetReport {
+            target_id,
+            mut local_state,
+            used_bytes,
+            total_bytes,
+            chain_version,
+            resync: _,
+        } = *report;
         let key = keys::target(target_id);
         let Some(mut target) = records::get::<TargetRecord>(txn, &key, Serializable).await? else {
             ignored.push(target_id);
@@ -442,6 +499,13 @@ pub async fn heartbeat(
         }
     }
     recompute_chains(txn, &dirty_chains).await?;
+    for report in &spec.targets {
+        if let Some(resync) = report.resync
+            && !ignored.contains(&report.target_id)
+        {
+            record_resync(txn, report.target_id, resync).await?;
+        }
+    }
     let routing_version = if routing_changed {
         bump_routing_version(txn).await?
     } else {
@@ -454,6 +518,40 @@ pub async fn heartbeat(
         latest_config_version,
         ignored_target_ids: ignored,
     })
+}
+
+/// Copies a predecessor's resync report onto the synced target, if that target is syncing in the
+/// reporter's chain now (a late report about a finished or abandoned resync is dropped). No
+/// routing-version bump: progress is informational, like used bytes.
+async fn record_resync(
+    txn: &mut dyn Txn,
+    reporter: TargetId,
+    resync: ResyncProgress,
+) -> Result<()> {
+    let Some(from) =
+        records::get::<TargetRecord>(txn, &keys::target(reporter), Serializable).await?
+    else {
+        return Ok(());
+    };
+    let Some(chain) =
+        records::get::<ChainState>(txn, &keys::chain(from.chain_id), Serializable).await?
+    else {
+        return Ok(());
+    };
+    if chain.public_state(reporter).is_none()
+        || chain.public_state(resync.target_id) != Some(r3fs_types::PublicTargetState::Syncing)
+    {
+        return Ok(());
+    }
+    let key = keys::target(resync.target_id);
+    let Some(mut target) = records::get::<TargetRecord>(txn, &key, Serializable).await? else {
+        return Ok(());
+    };
+    if target.resync != Some(resync.progress) {
+        target.resync = Some(resync.progress);
+        records::put(txn, &key, &target)?;
+    }
+    Ok(())
 }
 
 /// Marks silent nodes failed and their targets offline. `silent` pairs each node with the
@@ -661,10 +759,12 @@ pub async fn create_targets(
             records::get::<ChainState>(txn, &keys::chain(spec.chain_id), Serializable).await?
             && chain.public_state(spec.target_id).is_none()
         {
-            // Adding a target to a live chain is the later add-target-to-chain operation.
             return refused(
                 ErrorCode::InvalidArgument,
-                format!("chain {} already exists without target {}", spec.chain_id, spec.target_id),
+                format!(
+                    "chain {} already exists without target {}: add it with add-target-to-chain",
+                    spec.chain_id, spec.target_id
+                ),
             );
         }
         let target = TargetRecord {
@@ -675,6 +775,7 @@ pub async fn create_targets(
             local_state: LocalTargetState::Offline,
             used_bytes: 0,
             total_bytes: 0,
+            resync: None,
         };
         records::put(txn, &key, &target)?;
         created += 1;
@@ -821,6 +922,260 @@ pub async fn offline_target(
     let version =
         if changed { bump_routing_version(txn).await? } else { routing_version(txn).await? };
     Ok((chain, version))
+}
+
+// ---- operator's chain operations (docs/design/operations.md) ----
+
+fn chain_refused(error: ChainOpError) -> MgmtdError {
+    let code = match error {
+        ChainOpError::NotMember { .. } => ErrorCode::TargetNotFound,
+        _ => ErrorCode::InvalidArgument,
+    };
+    MgmtdError::refused(code, error.to_string())
+}
+
+async fn refuse_while_stopped(txn: &mut dyn Txn, what: &str) -> Result<()> {
+    if chains_stopped(txn, Serializable).await?.is_some() {
+        return refused(
+            ErrorCode::InvalidArgument,
+            format!(
+                "the chains are shut down (shutdown-all-chains): run start-all-chains before {what}"
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn get_chain(txn: &mut dyn Txn, chain_id: ChainId) -> Result<ChainState> {
+    match records::get::<ChainState>(txn, &keys::chain(chain_id), Serializable).await? {
+        Some(chain) => Ok(chain),
+        None => refused(ErrorCode::ChainNotFound, format!("no chain {chain_id}")),
+    }
+}
+
+/// Takes a target out of its chain for good (refusals: [`ChainState::remove_member`]). Its
+/// record stays, in no chain, so its daemon sees it leave (its replica stops) and an operator
+/// can add it back later (it then resyncs like a new target).
+pub async fn remove_target(
+    txn: &mut dyn Txn,
+    ctx: WriteCtx,
+    target_id: TargetId,
+) -> Result<(ChainState, u64)> {
+    ctx.check(txn).await?;
+    refuse_while_stopped(txn, "remove-target").await?;
+    let Some(target) =
+        records::get::<TargetRecord>(txn, &keys::target(target_id), Serializable).await?
+    else {
+        return refused(ErrorCode::TargetNotFound, format!("no target {target_id}"));
+    };
+    let chain = get_chain(txn, target.chain_id).await?;
+    let local = member_states(txn, &chain).await?;
+    let next = chain
+        .remove_member(target_id, |t| local.get(&t).copied().unwrap_or(LocalTargetState::Offline))
+        .map_err(chain_refused)?;
+    tracing::info!(target = %target_id, chain = %chain.chain_id, version = %next.version, members = ?next.members, "target removed from its chain by operator");
+    put_chain(txn, &chain, &next).await?;
+    Ok((next, bump_routing_version(txn).await?))
+}
+
+/// Appends a target (created here if new) to an existing chain, where it resyncs before it
+/// serves ([`ChainState::add_member`]).
+pub async fn add_target_to_chain(
+    txn: &mut dyn Txn,
+    ctx: WriteCtx,
+    spec: &TargetSpec,
+) -> Result<(ChainState, u64)> {
+    ctx.check(txn).await?;
+    if spec.target_id.0 == 0 || spec.node_id.0 == 0 || spec.chain_id.0 == 0 {
+        return refused(ErrorCode::InvalidArgument, "target, node and chain ids must be non-zero");
+    }
+    refuse_while_stopped(txn, "add-target-to-chain").await?;
+    let chain = get_chain(txn, spec.chain_id).await?;
+    match records::get::<NodeRecord>(txn, &keys::node(spec.node_id), Serializable).await? {
+        Some(node) if node.node_type != NodeType::Storage => {
+            return refused(
+                ErrorCode::InvalidArgument,
+                format!("node {} is a {} node, not a storage node", spec.node_id, node.node_type),
+            );
+        }
+        Some(node) if node.status == NodeStatus::Disabled => {
+            return refused(
+                ErrorCode::PermissionDenied,
+                format!("node {} is disabled", spec.node_id),
+            );
+        }
+        Some(_) => {}
+        None => {
+            return refused(
+                ErrorCode::NodeNotFound,
+                format!(
+                    "no node {}: start its storage daemon first, so it creates the target",
+                    spec.node_id
+                ),
+            );
+        }
+    }
+    let key = keys::target(spec.target_id);
+    match records::get::<TargetRecord>(txn, &key, Serializable).await? {
+        Some(existing)
+            if (existing.node_id, existing.disk_index, existing.chain_id)
+                != (spec.node_id, spec.disk_index, spec.chain_id) =>
+        {
+            return refused(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "target {} exists on node {} disk {} chain {}",
+                    spec.target_id, existing.node_id, existing.disk_index, existing.chain_id
+                ),
+            );
+        }
+        Some(_) => {}
+        None => {
+            let target = TargetRecord {
+                target_id: spec.target_id,
+                node_id: spec.node_id,
+                disk_index: spec.disk_index,
+                chain_id: spec.chain_id,
+                local_state: LocalTargetState::Offline,
+                used_bytes: 0,
+                total_bytes: 0,
+                resync: None,
+            };
+            records::put(txn, &key, &target)?;
+        }
+    }
+    let mut local = member_states(txn, &chain).await?;
+    let state = records::get::<TargetRecord>(txn, &key, Serializable)
+        .await?
+        .map_or(LocalTargetState::Offline, |t| t.local_state);
+    local.insert(spec.target_id, state);
+    let next = chain
+        .add_member(spec.target_id, |t| local.get(&t).copied().unwrap_or(LocalTargetState::Offline))
+        .map_err(chain_refused)?;
+    tracing::info!(target = %spec.target_id, node = %spec.node_id, chain = %chain.chain_id, version = %next.version, members = ?next.members, "target added to chain by operator");
+    put_chain(txn, &chain, &next).await?;
+    Ok((next, bump_routing_version(txn).await?))
+}
+
+/// Makes `target_id` the last-serving target of a chain that has lost every serving replica
+/// ([`ChainState::rotate_last_serving`]).
+pub async fn rotate_last_serving(
+    txn: &mut dyn Txn,
+    ctx: WriteCtx,
+    chain_id: ChainId,
+    target_id: TargetId,
+) -> Result<(ChainState, u64)> {
+    ctx.check(txn).await?;
+    refuse_while_stopped(txn, "rotate-last-serving").await?;
+    let chain = get_chain(txn, chain_id).await?;
+    let local = member_states(txn, &chain).await?;
+    let next = chain
+        .rotate_last_serving(target_id, |t| {
+            local.get(&t).copied().unwrap_or(LocalTargetState::Offline)
+        })
+        .map_err(chain_refused)?;
+    if next == chain {
+        return Ok((next, routing_version(txn).await?));
+    }
+    tracing::warn!(chain = %chain_id, target = %target_id, version = %next.version, members = ?next.members, "last-serving target rotated by operator");
+    put_chain(txn, &chain, &next).await?;
+    Ok((next, bump_routing_version(txn).await?))
+}
+
+/// What shutdown-all-chains and start-all-chains did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainsOutcome {
+    pub chains_changed: u32,
+    pub routing_version: u64,
+}
+
+/// Orderly full stop: every chain shut down ([`ChainState::shutdown`]) and frozen until
+/// start-all-chains. Idempotent.
+pub async fn shutdown_all_chains(txn: &mut dyn Txn, ctx: WriteCtx) -> Result<ChainsOutcome> {
+    ctx.check(txn).await?;
+    let already = chains_stopped(txn, Serializable).await?.is_some();
+    let chains: Vec<ChainState> = records::scan(txn, keys::chains(), Serializable).await?;
+    let mut changed = 0u32;
+    for chain in &chains {
+        let next = chain.shutdown();
+        if next != *chain {
+            put_chain(txn, chain, &next).await?;
+            changed += 1;
+        }
+    }
+    if !already {
+        records::put(
+            txn,
+            &keys::chains_stopped(),
+            &ChainsStoppedRecord { stopped_unix_ms: ctx.now_unix_ms },
+        )?;
+    }
+    tracing::warn!(chains = chains.len(), changed, "every chain shut down by operator");
+    let routing_version = if changed > 0 || !already {
+        bump_routing_version(txn).await?
+    } else {
+        routing_version(txn).await?
+    };
+    Ok(ChainsOutcome { chains_changed: changed, routing_version })
+}
+
+/// Ends a shutdown: the chains follow their targets' local states again. Unless `force`, refused
+/// while a last-serving target has not reported since (its chain would serve without it and it
+/// would have to resync).
+pub async fn start_all_chains(
+    txn: &mut dyn Txn,
+    ctx: WriteCtx,
+    force: bool,
+) -> Result<ChainsOutcome> {
+    ctx.check(txn).await?;
+    if chains_stopped(txn, Serializable).await?.is_none() {
+        return Ok(ChainsOutcome {
+            chains_changed: 0,
+            routing_version: routing_version(txn).await?,
+        });
+    }
+    let chains: Vec<ChainState> = records::scan(txn, keys::chains(), Serializable).await?;
+    if !force {
+        let mut missing = Vec::new();
+        for chain in &chains {
+            let local = member_states(txn, chain).await?;
+            missing.extend(
+                chain
+                    .members
+                    .iter()
+                    .filter(|m| {
+                        m.public_state == r3fs_types::PublicTargetState::LastServing
+                            && local.get(&m.target_id) == Some(&LocalTargetState::Offline)
+                    })
+                    .map(|m| m.target_id.to_string()),
+            );
+        }
+        if !missing.is_empty() {
+            const SHOWN_MAX: usize = 32;
+            let more = missing.len().saturating_sub(SHOWN_MAX);
+            missing.truncate(SHOWN_MAX);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            return refused(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "last-serving targets {}{more} have not reported since the shutdown: start their storage daemons and wait until list-targets shows them online, or pass --force (their chains then serve from the targets that are back, and these resync when they return)",
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+    txn.clear(&keys::chains_stopped())?;
+    let mut changed = 0u32;
+    for chain in &chains {
+        let local = member_states(txn, chain).await?;
+        let next = chain.recompute(|t| local.get(&t).copied().unwrap_or(LocalTargetState::Offline));
+        if next != *chain {
+            put_chain(txn, chain, &next).await?;
+            changed += 1;
+        }
+    }
+    tracing::warn!(chains = chains.len(), changed, force, "chains started again by operator");
+    Ok(ChainsOutcome { chains_changed: changed, routing_version: bump_routing_version(txn).await? })
 }
 
 // ---- routing snapshot ----

@@ -231,6 +231,7 @@ fn report(target: u64, local_state: LocalTargetState, chain_version: u32) -> Tar
         used_bytes: target * 100,
         total_bytes: target * 1000,
         chain_version,
+        resync: None,
     }
 }
 

@@ -441,6 +441,11 @@ impl MgmtdClient {
         upload_chains: AdminClient, admin::UploadChainsRequest => admin::UploadChainsResponse;
         upload_chain_table: AdminClient, admin::UploadChainTableRequest => admin::UploadChainTableResponse;
         offline_target: AdminClient, admin::OfflineTargetRequest => admin::OfflineTargetResponse;
+        remove_target: AdminClient, admin::RemoveTargetRequest => admin::RemoveTargetResponse;
+        add_target_to_chain: AdminClient, admin::AddTargetToChainRequest => admin::AddTargetToChainResponse;
+        rotate_last_serving: AdminClient, admin::RotateLastServingRequest => admin::RotateLastServingResponse;
+        shutdown_all_chains: AdminClient, admin::ShutdownAllChainsRequest => admin::ShutdownAllChainsResponse;
+        start_all_chains: AdminClient, admin::StartAllChainsRequest => admin::StartAllChainsResponse;
         add_user: AdminClient, admin::AddUserRequest => admin::AddUserResponse;
         list_users: AdminClient, admin::ListUsersRequest => admin::ListUsersResponse;
         remove_user: AdminClient, admin::RemoveUserRequest => admin::RemoveUserResponse;
