@@ -393,6 +393,39 @@ fn an_update_committing_while_the_chain_grows_reaches_the_new_successor() {
     assert!(m.replies.iter().any(|(t, o)| *t == new && matches!(o, Output::SyncDone { .. })));
 }
 
+#[test]
+fn resync_progress_counts_chunks_found_to_differ_then_acknowledged() {
+    let mut m = Manual::new(1);
+    let (head, new) = (target(1), target(2));
+    let sizes = [10usize, 200, 100];
+    for (i, len) in sizes.iter().enumerate() {
+        let data = bytes(&vec![i as u8 + 1; *len]);
+        let t = m.write(head, 1, chunk(i as u64), Update::Replace { data }, tag(i as u64 + 1, 1));
+        committed(m.take_write(t));
+    }
+    assert_eq!(m.nodes[&head].0.resync_progress(), None, "no resync yet");
+    m.add_node(new);
+    m.set_chain(2, &[(1, Serving), (2, Syncing)]);
+    let progress = |m: &Manual| m.nodes[&head].0.resync_progress();
+    let started = progress(&m).expect("resync running");
+    assert_eq!(started.successor, new);
+    assert_eq!((started.chunks_total, started.chunks_done, started.bytes_done), (0, 0, 0));
+    assert!(!started.scan_complete, "the successor's metadata is not compared yet");
+    let mut seen = Vec::new();
+    while m.deliver_one() {
+        if let Some(p) = progress(&m) {
+            seen.push((p.chunks_total, p.scan_complete, p.chunks_done, p.bytes_done));
+        }
+    }
+    // After the compare: 3 chunks to send; then acknowledged one by one with their bytes.
+    assert!(seen.contains(&(3, true, 0, 0)), "{seen:?}");
+    assert!(seen.contains(&(3, true, 1, 10)), "{seen:?}");
+    assert!(seen.contains(&(3, true, 3, 310)), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].2 <= w[1].2 && w[0].3 <= w[1].3), "monotonic: {seen:?}");
+    assert_eq!(progress(&m), None, "finished resyncs are not reported");
+    assert!(m.replies.iter().any(|(t, o)| *t == new && matches!(o, Output::SyncDone { .. })));
+}
+
 /// Random scripts on a few chunks, one channel per client.
 fn concurrent_script(sim: &mut Sim, clients: u64, writes_per_client: usize) {
     for client in 1..=clients {
