@@ -179,6 +179,19 @@ impl ChunkStore for MemoryChunkStore {
         Ok(entry.meta(chunk))
     }
 
+    fn abort_pending(
+        &mut self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<ChunkMeta, StoreError> {
+        if let Some(entry) = self.chunks.get_mut(&chunk)
+            && let Some(pending) = entry.pending.take_if(|p| p.state.version == version)
+        {
+            self.bytes_used -= pending.data.len() as u64;
+        }
+        Ok(self.entry_meta(chunk))
+    }
+
     fn read(
         &self,
         chunk: ChunkId,

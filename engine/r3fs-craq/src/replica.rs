@@ -173,6 +173,11 @@ enum Phase {
     RepairReplace {
         from: TargetId,
     },
+    /// The successor had no space for the update: dropping the pending version here before the
+    /// write is refused upstream with `code`.
+    AbortPending {
+        code: ErrorCode,
+    },
 }
 
 #[derive(Debug)]
@@ -1161,6 +1166,17 @@ impl Replica {
                 let request = StorageOp::ReadFull { chunk, which };
                 self.issue_for(chunk, Phase::ReadForForward { which }, request);
             }
+            RefuseReason::Storage(ErrorCode::NoSpace) if !post_commit => {
+                // The successor's disk is full: it staged nothing, and nothing below it can
+                // hold this version committed (a replica stages a version again only after its
+                // earlier work on it ended uncommitted, or after a restart, which goes through
+                // resync). So no replica commits it: drop it here and refuse the write upstream,
+                // hop by hop to the client, instead of resending it until space appears.
+                let version = update.version;
+                warn!(target_id = %self.target, %chunk, %version, successor = %from, "successor has no space: the write is refused");
+                let request = StorageOp::AbortPending { chunk, version };
+                self.issue_for(chunk, Phase::AbortPending { code: ErrorCode::NoSpace }, request);
+            }
             // Everything else resolves itself (routing catches up, queues drain, a corrupted
             // message is sent again): retry at the next resend time.
             _ => {}
@@ -1309,6 +1325,9 @@ impl Replica {
                 self.on_read_for_forward(chunk, which, meta, data)
             }
             (Phase::SyncReplace, StorageResult::Meta(_)) => self.on_sync_replaced(chunk),
+            (Phase::AbortPending { code }, StorageResult::Meta(meta)) => {
+                self.on_pending_aborted(chunk, code, meta)
+            }
             (Phase::ReadForSync, StorageResult::Data { meta, data }) => {
                 self.on_read_for_sync(chunk, meta, data)
             }
@@ -1370,6 +1389,29 @@ impl Replica {
                 };
                 warn!(target_id = %self.target, %chunk, %error, "forwarded update not applied");
                 self.refuse_forward(from, &update, reason);
+            }
+            _ => {
+                for token in std::mem::take(&mut active.work.replies) {
+                    self.reply_write_refused(token, code);
+                }
+            }
+        }
+        self.finish(chunk);
+    }
+
+    /// The pending version a successor could not store is gone: refuse the write to whoever
+    /// sent it (the predecessor, which drops its own pending version in turn, or the client).
+    fn on_pending_aborted(&mut self, chunk: ChunkId, code: ErrorCode, meta: ChunkMeta) {
+        let active = self.active_mut(chunk).expect("active");
+        let version = active.update.as_ref().expect("abort after a pending version").version;
+        if meta.pending.is_some_and(|p| p.version == version) {
+            let detail = format!("{chunk}: abort of {version} left {meta:?}");
+            return self.fence(FenceReason::Contract(detail));
+        }
+        match &active.work.kind {
+            WorkKind::Forward { from, update } => {
+                let (from, update) = (*from, update.clone());
+                self.refuse_forward(from, &update, RefuseReason::Storage(code));
             }
             _ => {
                 for token in std::mem::take(&mut active.work.replies) {

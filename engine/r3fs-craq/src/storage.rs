@@ -61,6 +61,10 @@ pub enum StorageOp {
     /// Metadata of chunks after `after` in id order, at most `limit`; `pending_only` skips chunks
     /// without a pending version. Answer: `Metas`.
     ListMetas { after: Option<ChunkId>, limit: u32, pending_only: bool },
+    /// Drop pending version `version` (a successor could not store it), durably; the committed
+    /// version is untouched. No pending version of that version is not an error (dropping is
+    /// idempotent). Answer: `Meta`.
+    AbortPending { chunk: ChunkId, version: ChunkVersion },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,6 +142,11 @@ pub trait ChunkStore {
         limit: u32,
         pending_only: bool,
     ) -> Result<(Vec<ChunkMeta>, bool), StoreError>;
+    fn abort_pending(
+        &mut self,
+        chunk: ChunkId,
+        version: ChunkVersion,
+    ) -> Result<ChunkMeta, StoreError>;
 }
 
 /// Runs one op against a synchronous store.
@@ -162,6 +171,9 @@ pub fn execute<S: ChunkStore + ?Sized>(store: &mut S, op: &StorageOp) -> Storage
         StorageOp::ListMetas { after, limit, pending_only } => store
             .list_metas(*after, *limit, *pending_only)
             .map(|(metas, more)| StorageResult::Metas { metas, more }),
+        StorageOp::AbortPending { chunk, version } => {
+            store.abort_pending(*chunk, *version).map(StorageResult::Meta)
+        }
     };
     result.unwrap_or_else(StorageResult::Failed)
 }

@@ -653,7 +653,8 @@ fn chunk_of(op: &r3fs_craq::StorageOp) -> Option<ChunkId> {
         | Commit { chunk, .. }
         | Read { chunk, .. }
         | ReadFull { chunk, .. }
-        | SyncReplace { chunk, .. } => Some(*chunk),
+        | SyncReplace { chunk, .. }
+        | AbortPending { chunk, .. } => Some(*chunk),
         ListMetas { .. } => None,
     }
 }

@@ -149,6 +149,13 @@ impl<D: Device> TargetStore<D> {
                 let (metas, more) = self.list_metas(after, limit, pending_only);
                 Ok(StorageResult::Metas { metas, more })
             }
+            StorageOp::AbortPending { chunk, version } => {
+                // Dropped or not there (already gone): either way no pending `version` is left.
+                match self.store.abort(chunk, version).await {
+                    Ok(_) => Ok(StorageResult::Meta(self.meta(chunk))),
+                    Err(error) => Err(io_error(error)),
+                }
+            }
         };
         result.unwrap_or_else(StorageResult::Failed)
     }

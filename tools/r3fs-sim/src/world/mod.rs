@@ -634,6 +634,7 @@ impl World {
                     StorageOp::WritePending { .. }
                         | StorageOp::Commit { .. }
                         | StorageOp::SyncReplace { .. }
+                        | StorageOp::AbortPending { .. }
                 );
                 if !mutates {
                     continue;
