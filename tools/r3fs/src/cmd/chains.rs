@@ -54,6 +54,12 @@ pub async fn list_chains(ctx: &Ctx) -> anyhow::Result<()> {
     if ctx.json() {
         return ctx.print_json(&chains);
     }
+    if response.chains_stopped_unix_ms != 0 {
+        println!(
+            "Every chain is shut down (shutdown-all-chains at unix ms {}): run start-all-chains to serve again.",
+            response.chains_stopped_unix_ms
+        );
+    }
     let width = chains.iter().map(|c| c.targets.len()).max().unwrap_or(0);
     let mut header = vec!["ChainId", "ChainVersion", "Serving"];
     header.extend(std::iter::repeat_n("Target", width));

@@ -1,7 +1,7 @@
 //! The command tree: one module per command group, each owning its argument structs and its
 //! `run` functions. Commands are flat verbs (`list-nodes`, `upload-chains`, ...) as in 3FS's
-//! admin_cli, so scripts read the same; a new group (`up`, `mount`, `stats`, fault-tolerance ops
-//! such as `remove-target` or `rotate-lastsrv`) is a new module plus its variants here.
+//! admin_cli, so scripts read the same; a new group (`up`, `mount`, `stats`, the fault-tolerance
+//! operations in `ops`) is a new module plus its variants here.
 
 pub mod chains;
 pub mod cluster;
@@ -9,6 +9,7 @@ pub mod completions;
 pub mod config;
 pub mod ctx;
 pub mod nodes;
+pub mod ops;
 pub mod placement;
 pub mod stats;
 pub mod targets;
@@ -52,6 +53,19 @@ pub enum Command {
     CreateTargets(targets::CreateTargetsArgs),
     /// Mark a target offline now, so its chain moves it to the end and it must recover.
     OfflineTarget(targets::OfflineTargetArgs),
+    /// Take a target out of its chain for good (refused if the chain would lose its only serving
+    /// or last-serving replica).
+    RemoveTarget(ops::RemoveTargetArgs),
+    /// Append a new target on a storage node to a chain: it resyncs, then serves (migration).
+    AddTargetToChain(ops::AddTargetToChainArgs),
+    /// Make another target last-serving in a chain that lost every serving replica (writes only
+    /// the old last-serving target held are lost).
+    RotateLastServing(ops::RotateLastServingArgs),
+    /// Orderly full stop: no chain takes writes, and targets serve again after a restart without
+    /// a resync; the chains stay frozen until start-all-chains.
+    ShutdownAllChains,
+    /// End a shutdown-all-chains: the chains follow their targets again.
+    StartAllChains(ops::StartAllChainsArgs),
 
     // ---- placement ----
     /// Generate chains, a chain table and targets for a set of storage nodes and report how
@@ -101,6 +115,11 @@ impl Command {
             Command::CreateTarget(args) => targets::create_target(ctx, args).await,
             Command::CreateTargets(args) => targets::create_targets(ctx, args).await,
             Command::OfflineTarget(args) => targets::offline_target(ctx, args).await,
+            Command::RemoveTarget(args) => ops::remove_target(ctx, args).await,
+            Command::AddTargetToChain(args) => ops::add_target_to_chain(ctx, args).await,
+            Command::RotateLastServing(args) => ops::rotate_last_serving(ctx, args).await,
+            Command::ShutdownAllChains => ops::shutdown_all_chains(ctx).await,
+            Command::StartAllChains(args) => ops::start_all_chains(ctx, args).await,
             Command::GenChainTable(args) => placement::gen_chain_table(ctx, args),
             Command::UserAdd(args) => users::user_add(ctx, args).await,
             Command::UserList => users::user_list(ctx).await,

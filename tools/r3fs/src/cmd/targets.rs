@@ -1,7 +1,7 @@
 //! `list-targets`, `create-target`, `create-targets`, `offline-target`.
 
 use super::ctx::{Ctx, read_input_file};
-use super::view::{ChainView, TargetView, local_state_name, public_state_name};
+use super::view::{ChainView, ResyncView, TargetView, local_state_name, public_state_name};
 use anyhow::{Context, bail};
 use clap::Args;
 use r3fs::files::{self, TargetSpec};
@@ -86,6 +86,7 @@ pub async fn list_targets(ctx: &Ctx) -> anyhow::Result<()> {
             public_state: public_state_name(t.public_state),
             local_state: local_state_name(t.local_state),
             used_bytes: t.used_bytes,
+            resync: t.resync.as_ref().map(ResyncView::from),
         })
         .collect();
     if ctx.json() {
@@ -100,7 +101,11 @@ pub async fn list_targets(ctx: &Ctx) -> anyhow::Result<()> {
         "NodeId",
         "DiskIndex",
         "UsedSize",
+        "Resync",
     ]);
+    let now_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     for t in &views {
         table.row(vec![
             t.target_id.to_string(),
@@ -111,10 +116,23 @@ pub async fn list_targets(ctx: &Ctx) -> anyhow::Result<()> {
             t.node_id.to_string(),
             t.disk_index.to_string(),
             format_bytes(t.used_bytes),
+            t.resync.map_or_else(String::new, |r| format_resync(&r, now_unix_ms)),
         ]);
     }
     print!("{}", table.render());
     Ok(())
+}
+
+/// A resync's progress for the list-targets column: `42/100 chunks, 1.2 GiB, 30 s`
+/// (`comparing` before the predecessor knows how many chunks differ).
+pub fn format_resync(r: &ResyncView, now_unix_ms: u64) -> String {
+    let chunks = if r.chunks_total == 0 && r.chunks_done == 0 {
+        "comparing".to_string()
+    } else {
+        format!("{}/{} chunks", r.chunks_done, r.chunks_total)
+    };
+    let elapsed_s = now_unix_ms.saturating_sub(r.started_unix_ms) / 1_000;
+    format!("{chunks}, {}, {elapsed_s} s", format_bytes(r.bytes_done))
 }
 
 /// Binary units with one decimal (`1.5 GiB`), bytes below 1 KiB.
@@ -235,6 +253,20 @@ mod tests {
         assert_eq!(role(0, 1), "SOLE");
         assert_eq!((role(0, 3), role(1, 3), role(2, 3)), ("HEAD", "MIDDLE", "TAIL"));
         assert_eq!((role(0, 2), role(1, 2)), ("HEAD", "TAIL"));
+    }
+
+    #[test]
+    fn resync_progress_reads_as_chunks_bytes_and_seconds() {
+        let r = ResyncView {
+            chunks_total: 100,
+            chunks_done: 42,
+            bytes_done: 1288 << 20,
+            started_unix_ms: 1_000,
+        };
+        assert_eq!(format_resync(&r, 31_500), "42/100 chunks, 1.3 GiB, 30 s");
+        let start =
+            ResyncView { chunks_total: 0, chunks_done: 0, bytes_done: 0, started_unix_ms: 5 };
+        assert_eq!(format_resync(&start, 1), "comparing, 0 B, 0 s");
     }
 
     #[test]

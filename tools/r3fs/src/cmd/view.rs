@@ -173,6 +173,29 @@ pub struct TargetView {
     pub public_state: String,
     pub local_state: String,
     pub used_bytes: u64,
+    /// While the target syncs: how far its resync has come, as its predecessor last reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncView>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ResyncView {
+    /// Chunks found to differ (0 while the predecessor still compares chunk metadata).
+    pub chunks_total: u64,
+    pub chunks_done: u64,
+    pub bytes_done: u64,
+    pub started_unix_ms: u64,
+}
+
+impl From<&pb::ResyncProgress> for ResyncView {
+    fn from(r: &pb::ResyncProgress) -> Self {
+        Self {
+            chunks_total: r.chunks_total,
+            chunks_done: r.chunks_done,
+            bytes_done: r.bytes_done,
+            started_unix_ms: r.started_unix_ms,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
