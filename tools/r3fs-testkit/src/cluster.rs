@@ -477,10 +477,28 @@ impl Daemon {
         self.wait_ready();
     }
 
-    fn print_tail(&mut self) {
+    fn tail(&mut self) -> String {
         let lines = self.proc.output();
         let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-        eprintln!("---- last {} lines of {} ----\n{}", tail.len(), self.name, tail.join("\n"));
+        format!("---- last {} lines of {} ----\n{}", tail.len(), self.name, tail.join("\n"))
+    }
+
+    fn print_tail(&mut self) {
+        eprintln!("{}", self.tail());
+    }
+
+    /// After SIGTERM: `None` if the daemon exited with status 0 within [`STOP_GRACE`], else what
+    /// happened and the tail of its output.
+    fn wait_stopped(&mut self) -> Option<String> {
+        let already = self.proc.has_exited();
+        let how = match self.proc.wait_exit(STOP_GRACE) {
+            Some(status) if status.success() => return None,
+            Some(status) => format!("exited with {status}"),
+            None if already => "had died before the stop".to_string(),
+            None => format!("was killed: still running {STOP_GRACE:?} after SIGTERM"),
+        };
+        let tail = self.tail();
+        Some(format!("{} {how}\n{tail}", self.name))
     }
 }
 
@@ -514,30 +532,26 @@ impl Daemons {
         }
     }
 
-    /// SIGTERM, last started first; the storage daemons together. Returns the daemons that did
-    /// not exit with status 0 within [`STOP_GRACE`] (they are killed).
+    /// SIGTERM, last started first; the storage daemons together. Returns a line for each
+    /// daemon that did not exit with status 0 within [`STOP_GRACE`] (it is killed then), with
+    /// the tail of its output.
     fn stop(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(mut fuse) = self.fuse.take() {
             problems.extend(fuse.stop());
         }
-        if let Some(mut meta) = self.meta.take()
-            && !meta.proc.terminate(STOP_GRACE)
-        {
-            problems.push(meta.name.clone());
-        }
-        for daemon in self.storage.values_mut() {
-            daemon.proc.send_sigterm();
-        }
-        for daemon in std::mem::take(&mut self.storage).values_mut() {
-            if !daemon.proc.wait_exit(STOP_GRACE) {
-                problems.push(daemon.name.clone());
+        let meta = self.meta.take();
+        let storage = std::mem::take(&mut self.storage).into_values();
+        let mgmtd = self.mgmtd.take();
+        let stages: [Vec<Daemon>; 3] =
+            [meta.into_iter().collect(), storage.collect(), mgmtd.into_iter().collect()];
+        for mut stage in stages {
+            for daemon in &mut stage {
+                daemon.proc.send_sigterm();
             }
-        }
-        if let Some(mut mgmtd) = self.mgmtd.take()
-            && !mgmtd.proc.terminate(STOP_GRACE)
-        {
-            problems.push(mgmtd.name.clone());
+            for daemon in &mut stage {
+                problems.extend(daemon.wait_stopped());
+            }
         }
         problems
     }
@@ -734,8 +748,9 @@ impl Cluster {
         FuseMount { daemon, mountpoint, socket_dir }
     }
 
-    /// Stops every daemon cleanly (SIGTERM, last started first) and returns the names of those
-    /// that did not exit with status 0 within [`STOP_GRACE`].
+    /// Stops every daemon cleanly (SIGTERM, last started first; daemons of one role together)
+    /// and returns a report (what happened, the tail of its output) for each daemon that did not
+    /// exit with status 0 within [`STOP_GRACE`], including one that had died before.
     pub fn stop(mut self) -> Vec<String> {
         self.daemons.stop()
     }
@@ -886,7 +901,12 @@ impl FuseMount {
     /// SIGTERM, then a lazy unmount if the mount is still there (or dead: ENOTCONN). Returns a
     /// problem if the daemon did not exit cleanly.
     fn stop(&mut self) -> Option<String> {
-        let clean = self.daemon.proc.has_exited() || self.daemon.proc.terminate(STOP_GRACE);
+        let problem = if self.daemon.proc.has_exited() {
+            None
+        } else {
+            self.daemon.proc.send_sigterm();
+            self.daemon.wait_stopped()
+        };
         let mounted = statfs_type(&self.mountpoint) == Some(FUSE_SUPER_MAGIC)
             || std::fs::metadata(&self.mountpoint)
                 .is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN));
@@ -896,7 +916,7 @@ impl FuseMount {
             // SAFETY: umount2 reads a NUL-terminated path we own.
             unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
         }
-        (!clean).then(|| self.daemon.name.clone())
+        problem
     }
 }
 

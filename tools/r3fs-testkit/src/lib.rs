@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -142,7 +142,7 @@ impl Proc {
     /// SIGTERM, then waits up to `timeout` for a clean exit; returns whether it exited cleanly.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
         self.send_sigterm();
-        self.wait_exit(timeout)
+        self.wait_exit(timeout).is_some_and(|status| status.success())
     }
 
     /// Sends SIGTERM without waiting (stop several processes at once, then [`Proc::wait_exit`]).
@@ -154,20 +154,20 @@ impl Proc {
         }
     }
 
-    /// Waits up to `timeout` for the process to exit, then kills it; returns whether it exited
-    /// by itself with status 0. False if it had already been reaped.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+    /// Waits up to `timeout` for the process to exit and returns its status; `None` if it did
+    /// not exit in time (it is killed then) or had already been reaped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.kill();
         let _ = child.wait();
-        false
+        None
     }
 
     /// Whether the process has exited (reaping it if so).
