@@ -32,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod metrics;
+pub mod pace;
 pub mod peer;
 pub mod routing;
 pub mod shard;

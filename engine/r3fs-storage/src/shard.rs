@@ -227,7 +227,7 @@ struct Shard {
     fenced: bool,
     applied_routing: Arc<AtomicU64>,
     /// Resync bandwidth limit: when the shard's next full-chunk transfer may start.
-    sync_next_free: Rc<Cell<Instant>>,
+    sync_pacer: crate::pace::ResyncPacer,
     connections: u32,
     closing: bool,
 }
@@ -294,7 +294,7 @@ pub async fn run(setup: ShardSetup) {
         chunk_sizes: BTreeMap::new(),
         fenced: false,
         applied_routing,
-        sync_next_free: Rc::new(Cell::new(Instant::now())),
+        sync_pacer: crate::pace::ResyncPacer::new(config.resync_bytes_per_sec, Instant::now()),
         connections: 0,
         closing: false,
     }));
@@ -719,16 +719,8 @@ struct PeerFrame {
 
 /// Paces a resync transfer of `bytes` against the shard's `resync_bytes_per_sec` budget: returns
 /// when it may be written, and books its share of the budget.
-fn pace_resync(s: &Shard, bytes: u64) -> Option<Instant> {
-    let rate = s.config.resync_bytes_per_sec;
-    if rate == 0 {
-        return None;
-    }
-    let now = Instant::now();
-    let start = s.sync_next_free.get().max(now);
-    let cost = Duration::from_nanos(bytes.saturating_mul(1_000_000_000) / rate);
-    s.sync_next_free.set(start + cost);
-    (start > now).then_some(start)
+fn pace_resync(s: &mut Shard, bytes: u64) -> Option<Instant> {
+    s.sync_pacer.book(bytes, Instant::now())
 }
 
 /// Writes frames to one peer address, reconnecting as needed. Frames that cannot be sent are
@@ -796,7 +788,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
                 .targets
                 .iter_mut()
                 .map(|(target, slot)| {
-                    let resync = resync_report(slot);
+                    let resync = resync_report(*target, slot);
                     let space = slot.store.store().space();
                     crate::metrics::report(
                         *target,
@@ -824,7 +816,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
 }
 
 /// The resync `slot`'s replica runs, stamped with when this shard first saw it.
-fn resync_report(slot: &mut TargetSlot) -> Option<ResyncReport> {
+fn resync_report(target: TargetId, slot: &mut TargetSlot) -> Option<ResyncReport> {
     let Some(progress) = slot.replica.as_ref().and_then(|r| r.resync_progress()) else {
         slot.resync_started = None;
         return None;
@@ -840,6 +832,15 @@ fn resync_report(slot: &mut TargetSlot) -> Option<ResyncReport> {
             now
         }
     };
+    debug!(
+        %target,
+        synced = %progress.successor,
+        chunks_total = progress.chunks_total,
+        scan_complete = progress.scan_complete,
+        chunks_done = progress.chunks_done,
+        bytes_done = progress.bytes_done,
+        "resync progress reported"
+    );
     Some(ResyncReport {
         target: progress.successor,
         chunks_total: progress.chunks_total,

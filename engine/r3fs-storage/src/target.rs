@@ -2,12 +2,11 @@
 //! r3fs-chunk [`ChunkStore`]: the CRAQ replica decides, this module does the disk IO.
 //!
 //! The two crates model a chunk slightly differently; this adapter bridges the gaps:
-//! - Tombstones: the craq contract keeps a removed chunk's version ("versions only grow"); the
-//!   chunk store forgets a removed chunk. The adapter remembers tombstone versions in memory
-//!   (bounded by [`TOMBSTONES_MAX`]), so a committed removal reports the version it committed.
-//!   After a restart a removed chunk reads as never written (version 0) on every replica alike;
-//!   a replica that kept an older copy while it was away is repaired by resync, which compares
-//!   digests, not only versions.
+//! - Tombstones: the craq contract keeps a removed chunk's version ("versions only grow"). The
+//!   chunk store keeps committed removals as durable tombstones, both those committed through
+//!   the write path and those resync installs (a staged and committed removal at exactly the
+//!   predecessor's version); an in-memory map (bounded by [`TOMBSTONES_MAX`]) remains as a
+//!   second source for committed removals.
 //! - Update tags (which client write produced a version) are kept in memory for pending and
 //!   committed versions (bounded by [`TAGS_MAX`]); the replica's dedup table is the first line of
 //!   defense against retried writes, these tags the second, and neither survives a restart.
@@ -375,14 +374,28 @@ impl<D: Device> TargetStore<D> {
                 forget(self);
             }
             Some(state) if state.removed => {
+                // Durable like a removal through the write path: clear the chunk, then stage and
+                // commit a removal at exactly the predecessor's version, which leaves the chunk
+                // store's tombstone (one log record). A crash in between leaves the chunk absent
+                // without a tombstone, which the next resync compares and fixes again.
                 remove.await?;
                 forget(self);
-                bounded_insert(
-                    &mut self.tombstones.borrow_mut(),
+                let request = StageRequest {
                     chunk,
-                    (state.version, state.chain_version),
-                    TOMBSTONES_MAX,
-                );
+                    version: state.version,
+                    chain_version: state.chain_version,
+                    chunk_size: chunk_size.unwrap_or(self.chunk_size_default),
+                    op: UpdateOp::Remove,
+                };
+                match self.store.update(request).await {
+                    Ok(UpdateOutcome::Committed(None)) => {}
+                    Ok(other) => {
+                        return Err(StoreError::Io {
+                            message: format!("chunk {chunk}: tombstone install answered {other:?}"),
+                        });
+                    }
+                    Err(error) => return Err(io_error(error)),
+                }
             }
             Some(state) => {
                 let actual = Digest::of(state.version, data, false);
@@ -651,6 +664,52 @@ mod tests {
                 panic!("sync delete failed")
             };
             assert!(meta.is_absent());
+        });
+    }
+
+    /// A removal installed by resync (the predecessor's tombstone) survives a restart, like a
+    /// removal committed through the write path.
+    #[test]
+    fn resync_tombstones_are_durable() {
+        let mut pool = LocalPool::new();
+        let spawner = pool.spawner();
+        pool.run_until(async move {
+            let disk = MemDisk::new(1, MemDiskOptions::default());
+            let chunk = ChunkId::new(InodeId(6), 2);
+            let tombstone = ChunkState {
+                version: ChunkVersion(4),
+                chain_version: ChainVersion(3),
+                removed: true,
+                ..ChunkState::ABSENT
+            };
+            {
+                let (store, flusher) =
+                    ChunkStore::open(disk.device(), config()).await.expect("open");
+                spawner.spawn_local(flusher.run()).expect("spawn flusher");
+                let target = TargetStore::new(store, CHUNK_SIZE);
+                // The successor still holds an older copy of a chunk the predecessor removed.
+                let data = Bytes::from(vec![3u8; 5000]);
+                let w = write(1, Update::Write { offset_bytes: 0, data }, None);
+                let op = StorageOp::WritePending { chunk, write: w };
+                assert!(matches!(target.execute(op, None).await, StorageResult::Meta(_)));
+                let op = StorageOp::Commit { chunk, version: ChunkVersion(1) };
+                assert!(matches!(target.execute(op, None).await, StorageResult::Meta(_)));
+                let op =
+                    StorageOp::SyncReplace { chunk, state: Some(tombstone), data: Bytes::new() };
+                let StorageResult::Meta(meta) = target.execute(op, None).await else {
+                    panic!("tombstone install failed")
+                };
+                assert_eq!(meta.committed.digest(), tombstone.digest());
+                assert!(meta.pending.is_none());
+                target.store().clone().close().await.expect("close");
+            }
+            let (store, flusher) = ChunkStore::open(disk.device(), config()).await.expect("reopen");
+            spawner.spawn_local(flusher.run()).expect("spawn flusher");
+            let target = TargetStore::new(store, CHUNK_SIZE);
+            let meta = target.meta(chunk);
+            assert!(meta.committed.removed, "{meta:?}");
+            assert_eq!(meta.committed.version, ChunkVersion(4), "the version survives a restart");
+            assert_eq!(meta.committed.chain_version, ChainVersion(3));
         });
     }
 
