@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use r3fs_rpc::mgmtd as pb;
@@ -142,6 +142,26 @@ impl FakeStorage {
         node_id: u32,
         targets: Vec<u64>,
     ) -> Self {
+        let reports = targets
+            .iter()
+            .map(|&target_id| pb::TargetReport {
+                target_id,
+                local_state: pb::LocalTargetState::UpToDate as i32,
+                used_bytes: 4096,
+                ..Default::default()
+            })
+            .collect();
+        Self::reporting(runtime, address, token, node_id, Arc::new(Mutex::new(reports)))
+    }
+
+    /// Heartbeats whatever `reports` holds at the time (the test changes it as it goes).
+    fn reporting(
+        runtime: &tokio::runtime::Runtime,
+        address: &str,
+        token: &str,
+        node_id: u32,
+        reports: Arc<Mutex<Vec<pb::TargetReport>>>,
+    ) -> Self {
         let mut config = MgmtdClientConfig::new(vec![address.to_string()], Some(token.to_string()));
         config.request_timeout_ms = 2_000;
         let client = MgmtdClient::new(config).expect("mgmtd client");
@@ -168,15 +188,7 @@ impl FakeStorage {
                     heartbeat_version: version,
                     config_version: 0,
                     release_version: "cli-test".into(),
-                    targets: targets
-                        .iter()
-                        .map(|&target_id| pb::TargetReport {
-                            target_id,
-                            local_state: pb::LocalTargetState::UpToDate as i32,
-                            used_bytes: 4096,
-                            ..Default::default()
-                        })
-                        .collect(),
+                    targets: reports.lock().expect("reports lock").clone(),
                 };
                 // A failed heartbeat is retried by the next one, as a daemon would.
                 let _ = client.heartbeat(request).await;
@@ -442,6 +454,113 @@ fn storage_nodes_go_from_connected_to_failed_and_uploaded_chains_are_listed() {
     assert!(out.contains(&format!("Target {target} is offline")), "{out}");
     drop(nodes);
     runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+fn report(target_id: u64, state: pb::LocalTargetState) -> pb::TargetReport {
+    pb::TargetReport {
+        target_id,
+        local_state: state as i32,
+        used_bytes: 4096,
+        ..Default::default()
+    }
+}
+
+fn target_json(address: &str, token: &str, target: u64) -> Value {
+    let listed = json(address, token, "list-targets");
+    listed
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["target_id"] == target).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Resync progress a predecessor reports reaches `list-targets` (the storage daemon's side is
+/// simulated: heartbeats carry `TargetReport.resync`), and disappears once the target serves.
+#[test]
+fn list_targets_shows_resync_progress_of_a_syncing_target() {
+    let mgmtd = start_mgmtd();
+    let address = mgmtd.address.as_str();
+    let token = init_cluster(&mgmtd);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let up = pb::LocalTargetState::UpToDate;
+    let head = Arc::new(Mutex::new(vec![report(1, up)]));
+    let tail = Arc::new(Mutex::new(vec![report(2, up)]));
+    let _a = FakeStorage::reporting(&runtime, address, &token, 10, head.clone());
+    let _b = FakeStorage::reporting(&runtime, address, &token, 11, tail.clone());
+    for (target, node) in [("1", "10"), ("2", "11")] {
+        ok(
+            address,
+            &[
+                "--token",
+                &token,
+                "create-target",
+                "--node-id",
+                node,
+                "--disk-index",
+                "0",
+                "--target-id",
+                target,
+                "--chain-id",
+                "1",
+            ],
+        );
+    }
+    let reported = wait_until(CONVERGE, Duration::from_millis(100), || {
+        [1, 2].iter().all(|&t| target_json(address, &token, t)["local_state"] == "UPTODATE")
+    });
+    assert!(reported, "targets never reported: {}", json(address, &token, "list-targets"));
+    let chains = mgmtd.dir.path().join("chains.csv");
+    std::fs::write(&chains, "ChainId,TargetId,TargetId\n1,1,2\n").expect("write chains file");
+    ok(address, &["--token", &token, "upload-chains", path(&chains)]);
+
+    // Target 2 restarts: offline, then online, so it syncs from 1.
+    *tail.lock().expect("lock") = vec![report(2, pb::LocalTargetState::Offline)];
+    let offline = wait_until(CONVERGE, Duration::from_millis(100), || {
+        target_json(address, &token, 2)["public_state"] == "OFFLINE"
+    });
+    assert!(offline, "{}", json(address, &token, "list-targets"));
+    *tail.lock().expect("lock") = vec![report(2, pb::LocalTargetState::Online)];
+    let syncing = wait_until(CONVERGE, Duration::from_millis(100), || {
+        target_json(address, &token, 2)["public_state"] == "SYNCING"
+    });
+    assert!(syncing, "{}", json(address, &token, "list-targets"));
+
+    // 1 reports how far the resync of 2 has come.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+        - 30_000;
+    let mut with_progress = report(1, up);
+    with_progress.resync = Some(pb::ResyncProgress {
+        target_id: 2,
+        chunks_total: 100,
+        chunks_done: 42,
+        bytes_done: 42 << 20,
+        started_unix_ms: started,
+    });
+    *head.lock().expect("lock") = vec![with_progress];
+    let shown = wait_until(CONVERGE, Duration::from_millis(100), || {
+        target_json(address, &token, 2)["resync"]["chunks_done"] == 42
+    });
+    assert!(shown, "{}", json(address, &token, "list-targets"));
+    let table = ok(address, &["--token", &token, "list-targets"]);
+    assert!(table.lines().next().expect("header").contains("Resync"), "{table}");
+    let row = table.lines().find(|l| l.trim_start().starts_with("2 ")).expect("row of 2");
+    assert!(row.contains("42/100 chunks, 42.0 MiB, "), "{table}");
+    assert!(target_json(address, &token, 1).get("resync").is_none(), "only the synced target");
+
+    // The resync finishes: 2 serves and the progress is gone.
+    *head.lock().expect("lock") = vec![report(1, up)];
+    *tail.lock().expect("lock") = vec![report(2, up)];
+    let served = wait_until(CONVERGE, Duration::from_millis(100), || {
+        let t = target_json(address, &token, 2);
+        t["public_state"] == "SERVING" && t.get("resync").is_none()
+    });
+    assert!(served, "{}", json(address, &token, "list-targets"));
 }
 
 #[test]
