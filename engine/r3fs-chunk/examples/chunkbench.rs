@@ -4,18 +4,26 @@
 //!
 //! For each repetition (fio first, then the store, so that drift hits both alike):
 //! 1. sequential write of `--size-mib` in 4 MiB blocks at queue depth `--seq-qd` into new
-//!    space: fio `--rw=write --bs=4M` on a new file; the store: `seq-qd` concurrent updates of
-//!    new 4 MiB chunks on a new target, each staged then committed (durable on return);
+//!    space: fio `--rw=write --bs=4M` on a new file; the store: `seq-qd` concurrent `update`s
+//!    of new 4 MiB chunks on a new target (stage and commit in one step, durable on return: a
+//!    chain's tail, or a target without replication);
 //! 2. the same again over the space written before (fio rewrites its file; the store writes
 //!    version 2 of every chunk, copy-on-write into the blocks the previous chunks freed) — the
-//!    steady state of a long-lived target. fio also runs once more with `--end_fsync=1`;
-//! 3. sequential read of the data: fio `--rw=read` against full-chunk store reads (every unit's
+//!    steady state of a long-lived target. fio also runs once more with `--end_fsync=1` and
+//!    once with `--fdatasync=1` (an fdatasync queued after every write: durability's price);
+//! 3. the store's rewrite once more as a chain's head or middle replica does it: `stage`
+//!    (durable on return, since the successor may rely on it), then `commit` (durable on
+//!    return): two log syncs per update instead of one;
+//! 4. sequential read of the data: fio `--rw=read` against full-chunk store reads (every unit's
 //!    checksum verified);
-//! 4. 4 KiB random reads at queue depth `--rand-qd` for `--rand-seconds`: fio `--rw=randread`
+//! 5. 4 KiB random reads at queue depth `--rand-qd` for `--rand-seconds`: fio `--rw=randread`
 //!    against store reads of one random 4 KiB unit of a random chunk.
 //!
-//! fio runs with `--ioengine=io_uring --direct=1`. The store's write buffers are filled before
-//! the clock starts, as fio's are. Medians over repetitions are printed with the store/fio
+//! fio runs with `--ioengine=io_uring --direct=1 --fixedbufs=1`: the store's IO buffers come from
+//! glommio's arena, registered with the ring, so fio registers its buffers too (without it, fio
+//! pins the pages of every 4 MiB IO and reads only about half as fast on this virtual disk: the
+//! plain fio read is reported as well, `vs fio, no fixedbufs`). The store's write buffers are
+//! filled before the clock starts, as fio's are. Medians over repetitions are printed with the store/fio
 //! ratios; per-phase details (commit latency, batches, executor CPU) go to stderr.
 
 #![allow(clippy::unwrap_used)]
@@ -24,7 +32,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use glommio::{LocalExecutorBuilder, Placement};
 use r3fs_chunk::dma::{DmaDevice, DmaDeviceConfig};
-use r3fs_chunk::{ChunkStore, CommitOutcome, StageOutcome, StageRequest, StoreConfig, UpdateOp};
+use r3fs_chunk::{
+    ChunkStore, CommitOutcome, StageOutcome, StageRequest, StoreConfig, UpdateOp, UpdateOutcome,
+};
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -66,10 +76,18 @@ struct Figures {
     /// The rewrite including making it durable (fio `--end_fsync=1`; every store commit is
     /// durable anyway).
     durable_rewrite_bytes_per_sec: f64,
+    /// fio only: the rewrite with an `fdatasync` queued after every write (`--fdatasync=1`), the
+    /// closest fio comes to "every write durable".
+    synced_rewrite_bytes_per_sec: f64,
+    /// Store only: the rewrite as separate stage and commit (a head or middle replica).
+    staged_rewrite_bytes_per_sec: f64,
     read_bytes_per_sec: f64,
+    /// fio only: the read without registered buffers (`--fixedbufs=0`).
+    plain_read_bytes_per_sec: f64,
     rand_read_iops: f64,
 }
 
+#[allow(clippy::too_many_arguments)] // one flag per fio option, spelled out at each call
 fn fio(
     args: &Args,
     file: &Path,
@@ -78,6 +96,8 @@ fn fio(
     qd: usize,
     timed: bool,
     end_fsync: bool,
+    fixedbufs: bool,
+    fdatasync: bool,
 ) -> Result<serde_json::Value> {
     let mut command = Command::new("fio");
     command
@@ -97,6 +117,12 @@ fn fio(
     if end_fsync {
         command.arg("--end_fsync=1");
     }
+    if fixedbufs {
+        command.arg("--fixedbufs=1");
+    }
+    if fdatasync {
+        command.arg("--fdatasync=1");
+    }
     let output = command.output().context("run fio (apt-get install fio)")?;
     if !output.status.success() {
         bail!("fio failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -109,12 +135,14 @@ fn fio_figures(args: &Args) -> Result<Figures> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("data");
-    let write = fio(args, &file, "write", "4M", args.seq_qd, false, false)?;
-    let rewrite = fio(args, &file, "write", "4M", args.seq_qd, false, false)?;
+    let write = fio(args, &file, "write", "4M", args.seq_qd, false, false, true, false)?;
+    let rewrite = fio(args, &file, "write", "4M", args.seq_qd, false, false, true, false)?;
+    let synced = fio(args, &file, "write", "4M", args.seq_qd, false, false, true, true)?;
     // Also leaves no dirty data in the host's cache to slow the read phases down.
-    let durable = fio(args, &file, "write", "4M", args.seq_qd, false, true)?;
-    let read = fio(args, &file, "read", "4M", args.seq_qd, false, false)?;
-    let rand = fio(args, &file, "randread", "4k", args.rand_qd, true, false)?;
+    let durable = fio(args, &file, "write", "4M", args.seq_qd, false, true, true, false)?;
+    let read = fio(args, &file, "read", "4M", args.seq_qd, false, false, true, false)?;
+    let plain_read = fio(args, &file, "read", "4M", args.seq_qd, false, false, false, false)?;
+    let rand = fio(args, &file, "randread", "4k", args.rand_qd, true, false, true, false)?;
     let job = |v: &serde_json::Value, dir: &str, key: &str| {
         v["jobs"][0][dir][key].as_f64().context("fio JSON field")
     };
@@ -122,7 +150,10 @@ fn fio_figures(args: &Args) -> Result<Figures> {
         write_bytes_per_sec: job(&write, "write", "bw_bytes")?,
         rewrite_bytes_per_sec: job(&rewrite, "write", "bw_bytes")?,
         durable_rewrite_bytes_per_sec: job(&durable, "write", "bw_bytes")?,
+        synced_rewrite_bytes_per_sec: job(&synced, "write", "bw_bytes")?,
+        staged_rewrite_bytes_per_sec: job(&rewrite, "write", "bw_bytes")?,
         read_bytes_per_sec: job(&read, "read", "bw_bytes")?,
+        plain_read_bytes_per_sec: job(&plain_read, "read", "bw_bytes")?,
         rand_read_iops: job(&rand, "read", "iops")?,
     };
     std::fs::remove_dir_all(&dir)?;
@@ -148,8 +179,9 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
     let chunks = args.size_mib / 4;
     let crc = crc32c::crc32c(payload);
 
-    let (write_secs, write_cpu) = write_pass(&store, &args, payload, 1).await?;
-    let (rewrite_secs, _) = write_pass(&store, &args, payload, 2).await?;
+    let (write_secs, write_cpu) = write_pass(&store, &args, payload, 1, false).await?;
+    let (rewrite_secs, _) = write_pass(&store, &args, payload, 2, false).await?;
+    let (staged_secs, _) = write_pass(&store, &args, payload, 3, true).await?;
 
     // Sequential read, verified.
     let next = Rc::new(Cell::new(0u64));
@@ -225,18 +257,23 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
         write_bytes_per_sec: bytes / write_secs,
         rewrite_bytes_per_sec: bytes / rewrite_secs,
         durable_rewrite_bytes_per_sec: bytes / rewrite_secs,
+        synced_rewrite_bytes_per_sec: bytes / rewrite_secs,
+        staged_rewrite_bytes_per_sec: bytes / staged_secs,
         read_bytes_per_sec: bytes / read_secs,
+        plain_read_bytes_per_sec: bytes / read_secs,
         rand_read_iops: done.get() as f64 / rand_secs,
     })
 }
 
-/// Writes every chunk once at `version` with `seq_qd` concurrent updates (stage, then commit,
-/// as a chain replica does). Returns elapsed and executor CPU seconds.
+/// Writes every chunk once at `version` with `seq_qd` concurrent updates: `update` (one step),
+/// or with `staged` `stage` then `commit` (as a chain's head or middle replica does). Returns
+/// elapsed and executor CPU seconds.
 async fn write_pass(
     store: &ChunkStore<DmaDevice>,
     args: &Args,
     payload: &[u8],
     version: u64,
+    staged: bool,
 ) -> Result<(f64, f64)> {
     let chunks = args.size_mib / 4;
     let crc = crc32c::crc32c(payload);
@@ -276,6 +313,14 @@ async fn write_pass(
                     op: UpdateOp::Replace { data, crc },
                 };
                 let t0 = Instant::now();
+                if !staged {
+                    let updated = store.update(request).await?;
+                    if !matches!(updated, UpdateOutcome::Committed(_)) {
+                        bail!("update of chunk {index}: {updated:?}");
+                    }
+                    stage_time.set(stage_time.get() + t0.elapsed());
+                    continue;
+                }
                 let staged = store.stage(request).await?;
                 if !matches!(staged, StageOutcome::Staged(_)) {
                     bail!("stage of chunk {index}: {staged:?}");
@@ -296,8 +341,9 @@ async fn write_pass(
     let secs = started.elapsed().as_secs_f64();
     let cpu = thread_cpu() - cpu;
     eprintln!(
-        "  store write pass {version}: {:.0} MiB/s; stage {:.1} ms + commit {:.1} ms per update, \
-         {} commit batches",
+        "  store write pass {version} ({}): {:.0} MiB/s; stage (or update) {:.1} ms + commit \
+         {:.1} ms per update, {} commit batches",
+        if staged { "stage + commit" } else { "update" },
         (chunks * BLOCK as u64) as f64 / secs / f64::from(1u32 << 20),
         stage_time.get().as_secs_f64() * 1e3 / chunks as f64,
         commit_time.get().as_secs_f64() * 1e3 / chunks as f64,
@@ -362,24 +408,36 @@ fn main() -> Result<()> {
     let pick = |runs: &[Figures], f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
     type Row = (&'static str, fn(&Figures) -> f64, f64, &'static str, f64);
     let mib = 1.0 / f64::from(1u32 << 20);
-    let rows: [Row; 5] = [
+    // A name starting "vs " compares the row above it with another fio baseline.
+    let rows: [Row; 8] = [
         ("seq write 4 MiB", |f| f.write_bytes_per_sec, mib, "MiB/s", 0.90),
         ("seq rewrite 4 MiB", |f| f.rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
         ("  vs fio end_fsync", |f| f.durable_rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("  vs fio fdatasync=1", |f| f.synced_rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("seq rewrite 4 MiB, stage+commit", |f| f.staged_rewrite_bytes_per_sec, mib, "MiB/s", 0.90),
         ("seq read 4 MiB", |f| f.read_bytes_per_sec, mib, "MiB/s", 0.90),
+        ("  vs fio, no fixedbufs", |f| f.plain_read_bytes_per_sec, mib, "MiB/s", 0.90),
         ("rand read 4 KiB", |f| f.rand_read_iops, 1.0, "IOPS", 0.70),
     ];
-    println!("{:<18} {:>12} {:>12} {:>7} {:>7}", "", "store", "fio", "ratio", "target");
+    println!("{:<32} {:>12} {:>12} {:>7} {:>7}", "", "store", "fio", "ratio", "target");
+    let mut spreads = Vec::new();
     for (name, f, scale, unit, target) in rows {
         let store = pick(&store_runs, f);
         let fio = pick(&fio_runs, f);
         println!(
-            "{name:<18} {:>12.0} {:>12.0} {:>6.0}% {:>6.0}%  {unit}",
+            "{name:<32} {:>12.0} {:>12.0} {:>6.0}% {:>6.0}%  {unit}",
             store * scale,
             fio * scale,
             100.0 * store / fio,
             100.0 * target
         );
+        // The spread of the per-repetition ratios (each store run against the fio run before it).
+        let ratios: Vec<f64> =
+            store_runs.iter().zip(&fio_runs).map(|(s, b)| 100.0 * f(s) / f(b)).collect();
+        let (lo, hi) =
+            ratios.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        spreads.push(format!("{}: {lo:.0}-{hi:.0}%", name.trim()));
     }
+    println!("ratio per repetition, min-max ({} reps): {}", store_runs.len(), spreads.join(", "));
     Ok(())
 }

@@ -12,6 +12,11 @@
 //! - Rewriting a sector with identical bytes never damages it, even if the write is torn
 //!   (sector writes are atomic: the device guarantees this for its logical block).
 //! - `create`/`remove` of a name is durable only after `sync_dir`.
+//! - Where [`Device::sync_flushes_device`] says so, `sync_data` of any file also makes durable
+//!   every write of any file of the device that completed before the sync began and overwrote
+//!   bytes written and synced (by their own file) before, with no size change or hole punched
+//!   in between: such an overwrite needs no file-system metadata, only the device's cache
+//!   flushed, and the file system flushes it on every `sync_data`.
 //! - Futures are `!Send`: a store and its device live on one executor thread.
 
 use std::io;
@@ -51,6 +56,11 @@ pub trait Device {
     /// An aligned buffer of `len` bytes (`len` a multiple of the unit); its contents are
     /// unspecified, so callers write every byte they later write out.
     fn alloc_buf(&self, len: usize) -> Self::Buf;
+    /// Whether `sync_data` of one file flushes the device for all of them (see the contract
+    /// above). `false` is always safe: every file is then synced on its own.
+    fn sync_flushes_device(&self) -> bool {
+        false
+    }
     /// Opens `name` read-write, creating it when `create` (an existing file is kept as is).
     async fn open(&self, name: &str, create: bool) -> io::Result<Self::File>;
     async fn remove(&self, name: &str) -> io::Result<()>;

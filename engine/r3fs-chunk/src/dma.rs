@@ -148,6 +148,8 @@ fn has_ipc_lock_capability() -> bool {
 #[derive(Debug)]
 pub struct DmaDevice {
     dir: PathBuf,
+    /// The directory's file system flushes the device cache on every `fdatasync` (ext4, XFS).
+    flushes_device: bool,
     /// Held for the device's lifetime: the flock is the ownership of the target.
     _lock: File,
 }
@@ -199,7 +201,8 @@ impl DmaDevice {
         }
         drop(read);
         file.close().await.map_err(|e| io_err("closing the probe file")(e.into()))?;
-        Ok(DmaDevice { dir: dir.to_path_buf(), _lock: lock })
+        let flushes_device = fs_flushes_device_on_sync(&lock);
+        Ok(DmaDevice { dir: dir.to_path_buf(), flushes_device, _lock: lock })
     }
 
     pub fn dir(&self) -> &Path {
@@ -285,6 +288,25 @@ impl AsRef<[u8]> for DmaRead {
     }
 }
 
+/// Whether the file system holding `file` is one whose `fdatasync` always ends with a flush of
+/// the whole block device: ext4 (`ext4_sync_file` issues `blkdev_issue_flush` itself, or its
+/// journal commit does) and XFS (`xfs_file_fsync`: a log force with a pre-flush, or an explicit
+/// flush). An overwrite of written extents needs no metadata, so one `fdatasync` of any file
+/// there makes it durable. Other file systems (btrfs, network or FUSE ones): `false`.
+fn fs_flushes_device_on_sync(file: &File) -> bool {
+    const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+    const XFS_SUPER_MAGIC: i64 = 0x5846_5342;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs fills the struct we pass, for a descriptor we own.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: initialised by the successful call above.
+    #[allow(clippy::unnecessary_cast)] // `f_type` is i64 on x86_64, narrower elsewhere
+    let magic = unsafe { stat.assume_init() }.f_type as i64;
+    magic == EXT4_SUPER_MAGIC || magic == XFS_SUPER_MAGIC
+}
+
 /// One O_DIRECT file of a [`DmaDevice`].
 #[derive(Debug)]
 pub struct DmaDeviceFile {
@@ -354,6 +376,10 @@ impl Device for DmaDevice {
 
     fn alloc_buf(&self, len: usize) -> DmaBuf {
         DmaBuf(glommio::allocate_dma_buffer(len))
+    }
+
+    fn sync_flushes_device(&self) -> bool {
+        self.flushes_device
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<DmaDeviceFile> {

@@ -36,6 +36,13 @@ pub struct MemDiskOptions {
     /// Each operation also yields a random number of extra times, up to this many, so that
     /// concurrent operations complete in varying orders (seeded, like everything else).
     pub jitter_yields_max: u32,
+    /// Model a file system whose `sync_data` flushes the whole device cache (ext4, XFS): a sync
+    /// of one file also makes durable every completed *overwrite* of any other file, i.e. a
+    /// write that lies entirely in ranges written and made durable by a sync of that file
+    /// before (written extents: no file-system metadata to update), unless an earlier
+    /// unsynced size change or hole of that file overlaps it. Anything else (a write into new
+    /// or once-punched space, a size change) still needs a sync of its own file.
+    pub device_flush: bool,
 }
 
 impl Default for MemDiskOptions {
@@ -45,6 +52,7 @@ impl Default for MemDiskOptions {
             capacity_bytes: None,
             yield_per_op: false,
             jitter_yields_max: 0,
+            device_flush: false,
         }
     }
 }
@@ -61,6 +69,93 @@ struct FileState {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<FileOp>,
+    /// Sorted, disjoint ranges written and then made durable by a sync of this file (the
+    /// "written extents" an overwrite needs no metadata for; see `device_flush`).
+    written: Vec<(u64, u64)>,
+}
+
+/// `ranges` (sorted, disjoint) plus `[start, end)`.
+fn add_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    if start >= end {
+        return;
+    }
+    let (mut start, mut end) = (start, end);
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(a, b) in ranges.iter() {
+        if b < start || a > end {
+            out.push((a, b));
+        } else {
+            start = start.min(a);
+            end = end.max(b);
+        }
+    }
+    out.push((start, end));
+    out.sort_unstable();
+    *ranges = out;
+}
+
+/// `ranges` minus `[start, end)`.
+fn remove_range(ranges: &mut Vec<(u64, u64)>, start: u64, end: u64) {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(a, b) in ranges.iter() {
+        if b <= start || a >= end {
+            out.push((a, b));
+            continue;
+        }
+        if a < start {
+            out.push((a, start));
+        }
+        if b > end {
+            out.push((end, b));
+        }
+    }
+    *ranges = out;
+}
+
+fn covers(ranges: &[(u64, u64)], start: u64, end: u64) -> bool {
+    ranges.iter().any(|&(a, b)| a <= start && end <= b)
+}
+
+impl FileState {
+    /// What a durable `op` does to the written ranges.
+    fn note_durable(&mut self, op: &FileOp) {
+        match op {
+            FileOp::Write { offset, data } => {
+                add_range(&mut self.written, *offset, offset + data.len() as u64);
+            }
+            FileOp::SetLen(len) => remove_range(&mut self.written, *len, u64::MAX),
+            FileOp::Punch { offset, len } => remove_range(&mut self.written, *offset, offset + len),
+        }
+    }
+
+    /// A flush of the device cache (a sync of another file): applies the unsynced overwrites
+    /// of written ranges that no earlier unsynced operation overlaps.
+    fn device_flush(&mut self) {
+        let mut blocked: Vec<(u64, u64)> = Vec::new();
+        let mut len = self.durable.len() as u64;
+        let mut kept = Vec::new();
+        for op in std::mem::take(&mut self.unsynced) {
+            match &op {
+                FileOp::Write { offset, data } => {
+                    let end = offset + data.len() as u64;
+                    let free = !blocked.iter().any(|&(a, b)| a < end && *offset < b);
+                    if free && covers(&self.written, *offset, end) {
+                        apply(&mut self.durable, &op);
+                        continue;
+                    }
+                    len = len.max(end);
+                    add_range(&mut blocked, *offset, end);
+                }
+                FileOp::SetLen(new_len) => {
+                    add_range(&mut blocked, (*new_len).min(len), u64::MAX);
+                    len = *new_len;
+                }
+                FileOp::Punch { offset, len: n } => add_range(&mut blocked, *offset, offset + n),
+            }
+            kept.push(op);
+        }
+        self.unsynced = kept;
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +230,17 @@ impl Disk {
         for id in ids {
             let mut state = self.files.remove(&id).unwrap_or_default();
             let mut bytes = std::mem::take(&mut state.durable);
+            let mut written = std::mem::take(&mut state.written);
+            for op in &state.unsynced {
+                // Whether or not it survives, a size change or hole may have hit those ranges.
+                match op {
+                    FileOp::Write { .. } => {}
+                    FileOp::SetLen(len) => remove_range(&mut written, *len, u64::MAX),
+                    FileOp::Punch { offset, len } => {
+                        remove_range(&mut written, *offset, offset + len)
+                    }
+                }
+            }
             for op in std::mem::take(&mut state.unsynced) {
                 match self.random() % 3 {
                     0 => {} // lost
@@ -157,7 +263,7 @@ impl Disk {
             }
             self.files.insert(
                 id,
-                FileState { current: bytes.clone(), durable: bytes, unsynced: Vec::new() },
+                FileState { current: bytes.clone(), durable: bytes, unsynced: Vec::new(), written },
             );
         }
         let mut names = self.durable_names.clone();
@@ -433,6 +539,14 @@ impl DeviceFile for MemFile {
                 // Replaying the unsynced operations costs what they wrote, not the file size.
                 for op in std::mem::take(&mut state.unsynced) {
                     apply(&mut state.durable, &op);
+                    state.note_durable(&op);
+                }
+            }
+            if d.options.device_flush {
+                for (other, state) in d.files.iter_mut() {
+                    if *other != id {
+                        state.device_flush();
+                    }
                 }
             }
         };
@@ -499,6 +613,10 @@ impl Device for MemDevice {
     fn alloc_buf(&self, len: usize) -> MemBuf {
         // Junk, not zeros: a store that forgets to fill a byte it writes out is caught.
         MemBuf(vec![0xA5; len])
+    }
+
+    fn sync_flushes_device(&self) -> bool {
+        self.disk.borrow().options.device_flush
     }
 
     async fn open(&self, name: &str, create: bool) -> io::Result<MemFile> {

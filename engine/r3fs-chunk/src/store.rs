@@ -20,7 +20,7 @@ use crate::journal::{self, CheckpointWriter, Durable, LogTail, ReplayError};
 use futures::future::poll_fn;
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
 use std::cell::{RefCell, RefMut};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::{Bound, Range};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -409,7 +409,17 @@ struct Inner<D: Device> {
     chunks: BTreeMap<ChunkId, Entry>,
     alloc: Allocator,
     cache: PageCache,
+    /// Block files written since the last batch was formed in a way that needs their own
+    /// `sync_data` (not a mere overwrite of a `stable` slot).
     dirty: [bool; CLASS_COUNT],
+    /// Per class, slots written whole (header and data) and since made durable by a sync of
+    /// their file: overwriting them changes no file-system metadata, so when the device's
+    /// `sync_data` flushes the whole device the batch's log sync makes such a write durable
+    /// and the block file needs no sync of its own (which on ext4 waits for every other write
+    /// in flight to that file). A slot stops being stable when it is punched or backed again.
+    stable: [HashSet<u32>; CLASS_COUNT],
+    /// Per class, slots written whole since the class's last sync began: stable once it ends.
+    fresh: [Vec<u32>; CLASS_COUNT],
     next_serial: u64,
     failed: Option<String>,
     log_space_low: bool,
@@ -949,6 +959,8 @@ impl<D: Device> ChunkStore<D> {
             alloc,
             cache: PageCache::new(config.header_cache_bytes),
             dirty: [false; CLASS_COUNT],
+            stable: Default::default(),
+            fresh: Default::default(),
             next_serial: replayed.next_serial,
             failed: None,
             log_space_low: false,
@@ -1571,8 +1583,15 @@ impl<D: Device> ChunkStore<D> {
         guard.io_in_flight = false;
         data_written.map_err(StoreError::io("writing chunk data"))?;
         header_written.map_err(StoreError::io("writing a block header"))?;
+        let flushes_device = self.shared.device.sync_flushes_device();
         let mut inner = self.shared.inner();
-        inner.dirty[class.index()] = true;
+        let c = class.index();
+        if !(flushes_device && inner.stable[c].contains(&addr.slot)) {
+            inner.dirty[c] = true;
+            if units.len() as u32 == class.units() {
+                inner.fresh[c].push(addr.slot);
+            }
+        }
         inner.cache.forget_block(addr, pages_for_units(class.units()));
         let unit_count = units.len() as u32;
         for (p, crcs) in pages.into_iter().enumerate() {
@@ -1682,8 +1701,11 @@ impl<D: Device> ChunkStore<D> {
         if let Some((len, crc)) = payload_meta {
             new_crc = combine(new_crc, crc, u64::from(len));
         }
+        let flushes_device = self.shared.device.sync_flushes_device();
         let mut inner = self.shared.inner();
-        inner.dirty[block.class.index()] = true;
+        if !(flushes_device && inner.stable[block.class.index()].contains(&block.slot)) {
+            inner.dirty[block.class.index()] = true;
+        }
         for (k, crcs) in pages.into_iter().enumerate() {
             let p = first_page + k as u32;
             let valid_end = end_unit.min((p + 1) * PAGE_UNITS);
@@ -1701,6 +1723,7 @@ impl<D: Device> ChunkStore<D> {
             match grant {
                 Grant::Ready(addr) => return Ok(addr),
                 Grant::Back(addr) => {
+                    self.shared.inner().stable[class.index()].remove(&addr.slot);
                     let result = file.allocate(addr.offset(), stride).await;
                     let mut inner = self.shared.inner();
                     return match result {
@@ -1715,6 +1738,12 @@ impl<D: Device> ChunkStore<D> {
                     };
                 }
                 Grant::Grow { first, slots } => {
+                    {
+                        let stable = &mut self.shared.inner().stable[class.index()];
+                        for slot in first.slot..first.slot + slots {
+                            stable.remove(&slot);
+                        }
+                    }
                     let result = file.allocate(first.offset(), u64::from(slots) * stride).await;
                     let mut inner = self.shared.inner();
                     match result {
@@ -1734,6 +1763,7 @@ impl<D: Device> ChunkStore<D> {
                 }
                 Grant::Reclaim(victims) => {
                     for victim in victims {
+                        self.shared.inner().stable[victim.class.index()].remove(&victim.slot);
                         let victim_file = self.shared.file(victim.class);
                         let stride = victim.class.stride_bytes();
                         if let Err(e) = victim_file.punch_hole(victim.offset(), stride).await {
@@ -2084,6 +2114,8 @@ impl<D: Device> Flusher<D> {
 struct FormedBatch {
     items: Vec<QueueItem>,
     sync_classes: Vec<SizeClass>,
+    /// Per synced class, the slots written whole before the batch: stable once synced.
+    fresh: Vec<(SizeClass, Vec<u32>)>,
 }
 
 impl<D: Device> ChunkStore<D> {
@@ -2111,7 +2143,12 @@ impl<D: Device> ChunkStore<D> {
         let sync_classes: Vec<SizeClass> =
             SizeClass::ALL.into_iter().filter(|c| inner.dirty[c.index()]).collect();
         inner.dirty = [false; CLASS_COUNT];
-        Some(FormedBatch { items, sync_classes })
+        let fresh = sync_classes
+            .iter()
+            .map(|c| (*c, std::mem::take(&mut inner.fresh[c.index()])))
+            .filter(|(_, slots)| !slots.is_empty())
+            .collect();
+        Some(FormedBatch { items, sync_classes, fresh })
     }
 
     /// Data before the records that point at it. False (and the store failed) on error.
@@ -2120,9 +2157,15 @@ impl<D: Device> ChunkStore<D> {
             batch.sync_classes.iter().map(|c| self.shared.file(*c).sync_data()),
         )
         .await;
+        let mut inner = self.shared.inner();
         if let Some(e) = synced.into_iter().find_map(Result::err) {
-            self.shared.inner().fail(format!("syncing block files before a commit: {e}"));
+            inner.fail(format!("syncing block files before a commit: {e}"));
             return false;
+        }
+        // A slot punched meanwhile may land here; it is backed again (and so leaves the set)
+        // before anything is written to it.
+        for (class, slots) in &batch.fresh {
+            inner.stable[class.index()].extend(slots.iter().copied());
         }
         true
     }

@@ -432,10 +432,16 @@ fn expect_committed(result: Result<UpdateOutcome, StoreError>) -> Result<(), Sto
 
 fn run_model(seed: u64, ops: &[Op]) {
     let mut run = Run {
-        // Jitter: a batch's block-file sync and its log write complete in either order.
+        // Jitter: a batch's block-file sync and its log write complete in either order. Odd
+        // seeds model a file system whose syncs flush the whole device (ext4, XFS): overwrites
+        // of stable slots then rely on the log's sync alone.
         h: MemHarness::new(
             seed,
-            MemDiskOptions { jitter_yields_max: 2, ..MemDiskOptions::default() },
+            MemDiskOptions {
+                jitter_yields_max: 2,
+                device_flush: seed % 2 == 1,
+                ..MemDiskOptions::default()
+            },
             small_config(),
         ),
         model: HashMap::new(),
@@ -501,6 +507,8 @@ fn long_run_with_crashes() {
     let ops =
         proptest::collection::vec(op_strategy(), 400).new_tree(&mut runner).unwrap().current();
     run_model(0xC0FFEE, &ops);
+    // The same with syncs that flush the whole device (an odd seed).
+    run_model(0xC0FFEF, &ops);
 }
 
 /// Regression (found by the property test): a power cut while the last batch's block-file
