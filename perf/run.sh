@@ -129,7 +129,7 @@ if (cd "$ROOT" && $CHUNK) >"$LOGS/chunkbench.txt" 2>"$LOGS/chunkbench.err"; then
     row "chunk store: $name, QD $qd (vs its own fio run)" "$figure" "$unit" "$baseline" ">= $target of fio" "$CHUNK" "chunk store and its fio"
   done < <(awk '/(MiB\/s|IOPS)$/ && NF >= 6 {
       name = $1; for (i = 2; i <= NF - 5; i++) name = name " " $i
-      if (name ~ /^vs /) name = "seq rewrite 4 MiB " name
+      if (name ~ /^vs /) name = prev " " name; else prev = name
       print name "|" $(NF-4) "|" $(NF-3) "|" $NF "|" $(NF-1) }' "$LOGS/chunkbench.txt")
   rm -rf "$BENCH_DIR/chunk"
 else
