@@ -21,6 +21,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use r3fs_types::{NodeId, TargetId};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +35,8 @@ const SHARD_COMMANDS_MAX: usize = 64;
 /// Report batches queued from all shards to the control thread.
 const SHARD_EVENTS_MAX: usize = 256;
 const PROBE_FILE: &str = ".r3fs-storage-odirect-probe";
+/// Space held back on each target path for the chunk stores' metadata (see [`hold_reserve`]).
+const RESERVE_FILE: &str = ".r3fs-storage-metadata-reserve";
 
 /// Why the daemon did not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,79 @@ pub fn probe_direct_io(path: &Path) -> Result<(), StartError> {
     result
 }
 
+/// Bytes to hold back on `path` so its targets' stores can open again once data filled the disk:
+/// opening a store writes a fresh checkpoint of its metadata log (at most the current log's size)
+/// plus a zero-filled extent before it deletes the old log, so each target needs about its log's
+/// size plus two extents at the next start (one more target's worth is kept for a new one).
+fn reserve_bytes(config: &StorageConfig, path: &Path) -> u64 {
+    let extent = config.store.log_extent_bytes;
+    let mut bytes = 2 * extent;
+    let targets = std::fs::read_dir(path).into_iter().flatten().flatten();
+    for target in
+        targets.filter(|e| e.file_name().to_str().and_then(parse_target_dir_name).is_some())
+    {
+        bytes += 2 * extent;
+        for file in std::fs::read_dir(target.path()).into_iter().flatten().flatten() {
+            let name = file.file_name();
+            let is_log =
+                name.to_str().is_some_and(|n| n.starts_with("meta-") && n.ends_with(".log"));
+            if is_log && let Ok(meta) = file.metadata() {
+                bytes += meta.len();
+            }
+        }
+    }
+    bytes
+}
+
+/// Frees the metadata reserve of `path` so the stores can open on a full disk.
+fn release_reserve(path: &Path) -> Result<(), StartError> {
+    match std::fs::remove_file(path.join(RESERVE_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StartError::Io {
+            path: path.to_path_buf(),
+            op: "removing the metadata reserve",
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Allocates the metadata reserve of `path` (`fallocate`, so the blocks are really taken) once
+/// the stores are open. Data filling the disk then stops at `NoSpace` while the reserve is still
+/// there for the next start ([`release_reserve`]). On a disk already too full, as much as fits
+/// is held (halving down to one log extent) and the shortfall is logged.
+fn hold_reserve(config: &StorageConfig, path: &Path) {
+    let wanted = reserve_bytes(config, path);
+    let file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path.join(RESERVE_FILE))
+    {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot create the metadata reserve");
+            return;
+        }
+    };
+    let mut bytes = wanted;
+    loop {
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+        if rc == 0 {
+            if bytes < wanted {
+                tracing::warn!(path = %path.display(), held = bytes, wanted, "the disk is nearly full: the metadata reserve is short");
+            }
+            return;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::ENOSPC) || bytes <= config.store.log_extent_bytes {
+            tracing::warn!(path = %path.display(), %error, wanted, "no metadata reserve: a restart on a full disk may fail to open its stores");
+            return;
+        }
+        bytes /= 2;
+    }
+}
+
 /// Existing targets under the configured paths: (target, directory, disk index).
 pub fn find_targets(config: &StorageConfig) -> Result<Vec<(TargetId, PathBuf, u32)>, StartError> {
     let mut found = Vec::new();
@@ -174,6 +250,7 @@ impl Daemon {
                 source,
             })?;
             probe_direct_io(path)?;
+            release_reserve(path)?;
         }
         let existing = find_targets(&config)?;
         let cores = config.cores as usize;
@@ -242,6 +319,9 @@ impl Daemon {
                     return Err(StartError::Shard(message));
                 }
             }
+        }
+        for path in &config.target_paths {
+            hold_reserve(&config, path);
         }
         let (registered_tx, registered_rx) = std::sync::mpsc::channel();
         let setup = ControlSetup {
