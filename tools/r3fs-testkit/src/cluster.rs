@@ -245,6 +245,7 @@ impl ClusterBuilder {
             (FIRST_STORAGE_NODE..FIRST_STORAGE_NODE + self.storage_nodes).collect();
         let mut pending = Vec::new();
         for &node in &nodes {
+            // Cluster::storage_disk names the same directory.
             let disk = dir.path().join(format!("node{node}-disk0"));
             std::fs::create_dir_all(&disk).expect("create the storage disk directory");
             let text = format!(
@@ -670,6 +671,11 @@ impl Cluster {
     /// The storage daemon of `node`. Panics on an unknown node.
     pub fn storage(&mut self, node: u32) -> &mut Daemon {
         self.daemons.storage.get_mut(&node).unwrap_or_else(|| panic!("no storage node {node}"))
+    }
+
+    /// The directory holding the targets of storage node `node` (its `target_paths[0]`).
+    pub fn storage_disk(&self, node: u32) -> PathBuf {
+        self.dir().join(format!("node{node}-disk0"))
     }
 
     /// meta's daemon. Panics if the cluster runs no meta.
