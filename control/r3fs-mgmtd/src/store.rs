@@ -794,6 +794,8 @@ pub async fn upload_chains(
     if specs.len() > SPECS_MAX {
         return refused(ErrorCode::InvalidArgument, format!("at most {SPECS_MAX} chains per call"));
     }
+    // A chain created now would serve at once, while every other chain is frozen.
+    refuse_while_stopped(txn, "upload-chains").await?;
     let mut chains_seen = BTreeSet::new();
     let mut targets_seen = BTreeMap::new();
     let mut created = 0u32;

@@ -322,8 +322,18 @@ async fn shutdown_freezes_the_chains_and_start_serves_without_resync() {
     // Alive daemons report online (their targets are last-serving): the chain stays frozen.
     c.beat(10, &[(1, L::Online), (2, L::Online)], None).await.expect("beat");
     assert_eq!(c.chain().await, vec![(1, P::LastServing), (2, P::LastServing)]);
-    // Membership changes wait for the start.
-    for refused in [c.remove(2).await, c.add(3, 11).await, c.rotate(2).await] {
+    // Membership changes (and new chains, which would serve at once) wait for the start.
+    let upload = c
+        .mgmtd
+        .write_routing(|txn, ctx| {
+            Box::pin(async move {
+                store::upload_chains(txn, ctx, &[(ChainId(1), vec![TargetId(1), TargetId(2)])])
+                    .await
+            })
+        })
+        .await
+        .map(|(created, _)| created);
+    for refused in [c.remove(2).await, c.add(3, 11).await, c.rotate(2).await, upload] {
         let (code, message) = refusal(refused);
         assert_eq!(code, ErrorCode::InvalidArgument);
         assert!(message.contains("start-all-chains"), "{message}");
