@@ -228,6 +228,10 @@ struct Shard {
     applied_routing: Arc<AtomicU64>,
     /// Resync bandwidth limit: when the shard's next full-chunk transfer may start.
     sync_pacer: crate::pace::ResyncPacer,
+    /// Resync transfers (successor, chunk) queued to a peer writer and not yet written: a resend
+    /// of one of them is dropped instead of queued (and paced) again, or the replica's resend
+    /// timer would book the bandwidth budget many times over for one transfer waiting its turn.
+    sync_queued: Rc<RefCell<std::collections::HashSet<(TargetId, ChunkId)>>>,
     connections: u32,
     closing: bool,
 }
@@ -295,6 +299,7 @@ pub async fn run(setup: ShardSetup) {
         fenced: false,
         applied_routing,
         sync_pacer: crate::pace::ResyncPacer::new(config.resync_bytes_per_sec, Instant::now()),
+        sync_queued: Rc::new(RefCell::new(std::collections::HashSet::new())),
         connections: 0,
         closing: false,
     }));
@@ -688,17 +693,35 @@ fn send_peer(s: &mut Shard, from: TargetId, to: TargetId, message: PeerMessage) 
     };
     let queue_len = s.config.peer_queue_len_max as usize;
     let connect_timeout = Duration::from_millis(s.config.connect_timeout_ms);
-    let not_before = match &message {
-        PeerMessage::SyncChunk(_) => pace_resync(s, frame.1.len() as u64),
+    let sync_key = match &message {
+        PeerMessage::SyncChunk(c) => Some((to, c.chunk)),
         _ => None,
     };
-    let frame = PeerFrame { head: frame.0, payload: frame.1, not_before, queued: Instant::now() };
+    if let Some(key) = sync_key
+        && s.sync_queued.borrow().contains(&key)
+    {
+        debug!(%to, chunk = %key.1, "resync transfer still queued; resend dropped");
+        return;
+    }
+    let not_before = match sync_key {
+        Some(_) => pace_resync(s, frame.1.len() as u64),
+        None => None,
+    };
+    let frame =
+        PeerFrame { head: frame.0, payload: frame.1, not_before, queued: Instant::now(), sync_key };
+    let sync_queued = s.sync_queued.clone();
     let sender = s.peers.entry(address).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(queue_len);
-        spawn(peer_writer(address, rx, connect_timeout));
+        spawn(peer_writer(address, rx, connect_timeout, sync_queued.clone()));
         tx
     });
+    if let Some(key) = sync_key {
+        sync_queued.borrow_mut().insert(key);
+    }
     if let Err(error) = sender.try_send(frame) {
+        if let Some(key) = sync_key {
+            sync_queued.borrow_mut().remove(&key);
+        }
         if error.is_disconnected() {
             s.peers.remove(&address);
         }
@@ -715,6 +738,8 @@ struct PeerFrame {
     not_before: Option<Instant>,
     /// When the frame was queued (forwarding latency).
     queued: Instant,
+    /// A resync transfer's (successor, chunk), listed in the shard's `sync_queued` until written.
+    sync_key: Option<(TargetId, ChunkId)>,
 }
 
 /// Paces a resync transfer of `bytes` against the shard's `resync_bytes_per_sec` budget: returns
@@ -730,14 +755,19 @@ async fn peer_writer(
     address: SocketAddr,
     mut rx: mpsc::Receiver<PeerFrame>,
     connect_timeout: Duration,
+    sync_queued: Rc<RefCell<std::collections::HashSet<(TargetId, ChunkId)>>>,
 ) {
     let mut stream: Option<TcpStream> = None;
-    while let Some(PeerFrame { head, payload, not_before, queued }) = rx.next().await {
+    while let Some(PeerFrame { head, payload, not_before, queued, sync_key }) = rx.next().await {
         if let Some(at) = not_before {
             let now = Instant::now();
             if at > now {
                 glommio::timer::sleep(at - now).await;
             }
+        }
+        if let Some(key) = sync_key {
+            // Its turn has come: a resend from now on is a real retransmission.
+            sync_queued.borrow_mut().remove(&key);
         }
         if stream.is_none() {
             match TcpStream::connect_timeout(address, connect_timeout).await {
