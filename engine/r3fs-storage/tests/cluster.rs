@@ -180,6 +180,19 @@ async fn replication_three_chain_on_loopback() {
     truncate.length = 10;
     let reply = write(&mut head, truncate, &[]).await;
     assert_eq!((reply.outcome, reply.chunk_length), (Outcome::Ok, 10));
+    // Extend grows with zeros to at least `offset + length`, and never shrinks.
+    let mut extend = write_request(CHAIN, version, expected[3].0, 60, &[], 1, sequence + 2);
+    extend.kind = UpdateKind::Extend;
+    extend.length = 40;
+    let reply = write(&mut head, extend.clone(), &[]).await;
+    assert_eq!((reply.outcome, reply.chunk_length), (Outcome::Ok, 100));
+    extend.offset = 0;
+    extend.length = 5;
+    extend.sequence = sequence + 3;
+    let reply = write(&mut head, extend, &[]).await;
+    assert_eq!((reply.outcome, reply.chunk_length), (Outcome::Ok, 100));
+    let mut extended = expected[3].1[..10].to_vec();
+    extended.resize(100, 0);
     let reply = head
         .call(
             RemoveChunksRequest {
@@ -207,7 +220,7 @@ async fn replication_three_chain_on_loopback() {
         let (outcome, _) = read(&mut replica, CHAIN, expected[2].0, 0, 16).await;
         assert_eq!(outcome, Outcome::Failed(ErrorCode::ChunkNotFound), "target {target}");
         let (_, bytes) = read(&mut replica, CHAIN, expected[3].0, 0, CHUNK_SIZE).await;
-        assert_eq!(bytes, expected[3].1[..10], "target {target}");
+        assert_eq!(bytes, extended, "target {target}");
     }
 
     // SIGTERM: drain, sync, exit 0.
