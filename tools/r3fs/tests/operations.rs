@@ -8,8 +8,9 @@
 //!   104: every acknowledged byte reads back.
 //! - refusals with their text: removing the only serving replica, rotating the last-serving
 //!   target of a serving chain, adding a target twice.
-//! - `shutdown-all-chains`: writes are refused, `list-chains` says so, `start-all-chains` serves
-//!   again (the data still reads back).
+//! - `shutdown-all-chains`: every serving replica becomes last-serving, `list-chains` says so,
+//!   both storage daemons restart, and `start-all-chains` makes both replicas serve at once,
+//!   without a resync; the data still reads back.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output};
@@ -267,11 +268,28 @@ async fn migrate_a_replica_and_refuse_unsafe_operations() {
     let refused = fails(&cluster, &["remove-target", "--target-id", "102"]);
     assert!(refused.contains("not in chain"), "{refused}");
 
-    // Orderly stop: no writes, list-chains says so; start: the chain serves again.
+    // The old tail's daemon returns: 103 resyncs from 104 and serves again.
+    cluster.restart_storage(3);
+    eventually("103 serving again after its resync", || async {
+        let states = chain_states(&cluster).await;
+        (state_of(&states, old_tail) == Some(pb::PublicTargetState::Serving)).then_some(())
+    })
+    .await;
+
+    // Orderly stop: every serving replica becomes last-serving, nothing takes writes, the chains
+    // are frozen and list-chains says so; membership changes wait.
     let out = ok(&cluster, &["shutdown-all-chains"]);
     assert!(out.contains("Every chain is shut down"), "{out}");
     let chains = ok(&cluster, &["list-chains"]);
-    assert!(chains.contains("shut down") && chains.contains("LASTSRV"), "{chains}");
+    assert!(chains.contains("shut down"), "{chains}");
+    let states = chain_states(&cluster).await;
+    for target in [old_tail, new] {
+        assert_eq!(
+            state_of(&states, target),
+            Some(pb::PublicTargetState::LastServing),
+            "{states:?}"
+        );
+    }
     let refused = fails(
         &cluster,
         &[
@@ -287,13 +305,28 @@ async fn migrate_a_replica_and_refuse_unsafe_operations() {
         ],
     );
     assert!(refused.contains("start-all-chains"), "{refused}");
-    let out = ok(&cluster, &["start-all-chains"]);
-    assert!(out.contains("Chains started"), "{out}");
-    eventually("the chain serving again", || async {
-        let states = chain_states(&cluster).await;
-        (state_of(&states, new) == Some(pb::PublicTargetState::Serving)).then_some(())
+    // Both daemons restart (a full stop), and report their targets online.
+    cluster.restart_storage(3);
+    cluster.restart_storage(4);
+    eventually("the restarted targets reported online", || async {
+        let listed = cluster.admin().list_targets(admin::ListTargetsRequest {}).await.ok()?;
+        [old_tail, new]
+            .iter()
+            .all(|t| {
+                listed.targets.iter().any(|i| {
+                    i.target_id == *t && i.local_state == pb::LocalTargetState::Online as i32
+                })
+            })
+            .then_some(())
     })
     .await;
+    let out = ok(&cluster, &["start-all-chains"]);
+    assert!(out.contains("Chains started"), "{out}");
+    // Both serve at once: no resync after an orderly stop.
+    let states = chain_states(&cluster).await;
+    for target in [old_tail, new] {
+        assert_eq!(state_of(&states, target), Some(pb::PublicTargetState::Serving), "{states:?}");
+    }
     let data = pattern(9_999, 0, 4096);
     client
         .write_chunk(ChainId(CHAIN), chunk_id(9_999), CHUNK_SIZE, 0, &data)
