@@ -1,0 +1,415 @@
+//! Network partition test with real processes in separate network namespaces (`ip netns`):
+//! mgmtd in one namespace, each of three storage daemons (one replication-3 chain) in its own,
+//! all joined by veth pairs to a bridge in the test's namespace, where the clients run. Skipped
+//! with a printed reason where namespaces cannot be made (not root, no `ip`).
+//!
+//! `partitioned_head_fences_and_rejoins`: while a writer streams writes, the chain head's
+//! namespace starts dropping every packet to mgmtd (a blackhole route: silent loss both ways for
+//! TCP). Clients can still reach the old head — the split-brain case: a client with stale
+//! routing keeps sending writes to it for the whole partition. Checks: the old head refuses
+//! writes with `Fenced` (it stops acknowledging after half the heartbeat timeout without mgmtd)
+//! and never acknowledges a write after its first `Fenced` while cut off; mgmtd takes it out of
+//! the chain and the writer continues on the new head; after the link heals the old head resyncs
+//! and serves again. Every write acknowledged by anyone (the writer and the stale client) is then
+//! read back bit-exact from every replica. Prints the counts and the longest gap between two
+//! acknowledgements; timings are never asserted.
+
+mod common;
+
+use common::netns::Net;
+use common::*;
+use r3fs_rpc::mgmtd_client::MgmtdClient;
+use r3fs_storage::client::DataClient;
+use r3fs_storage::routing::RoutingSnapshot;
+use r3fs_testkit::{Proc, binary};
+use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
+use r3fs_wire::Outcome;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CHAIN: u32 = 1;
+const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
+/// Namespace index of mgmtd (the storage nodes use their node id).
+const MGMTD_NS: u8 = 10;
+const CHUNKS: u64 = 8;
+const WRITE_BYTES: usize = 32 << 10;
+const OFFSETS: u64 = 16;
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const WRITE_GIVE_UP: Duration = Duration::from_secs(90);
+/// mgmtd's failure detection (the daemons fence after half of it).
+const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
+
+#[derive(Default)]
+struct Model {
+    acked: BTreeMap<ChunkId, Vec<u8>>,
+    acks: u64,
+    gap_max: Duration,
+    refusals: BTreeMap<String, u64>,
+}
+
+fn apply(content: &mut Vec<u8>, offset: usize, data: &[u8]) {
+    if content.len() < offset + data.len() {
+        content.resize(offset + data.len(), 0);
+    }
+    content[offset..offset + data.len()].copy_from_slice(data);
+}
+
+async fn routing(admin: &MgmtdClient) -> Option<RoutingSnapshot> {
+    let info = admin.get_routing_info(0, Duration::ZERO).await.ok()??;
+    Some(RoutingSnapshot::from_pb(&info).0)
+}
+
+/// Writes (inode 9) until `stop`, each retried with the same sequence until acknowledged,
+/// following the routing to whichever target heads the chain; counts `Fenced` refusals.
+async fn writer(
+    admin: MgmtdClient,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    fenced_seen: Arc<AtomicU64>,
+) -> Model {
+    let mut model = Model::default();
+    let mut client: Option<(SocketAddr, DataClient)> = None;
+    let mut last_ack = Instant::now();
+    let mut cached: Option<RoutingSnapshot> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let chunk = ChunkId::new(InodeId(9), i % CHUNKS);
+        let offset = ((i / CHUNKS) % OFFSETS) as usize * WRITE_BYTES;
+        let data = pattern(1000 + i, WRITE_BYTES);
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < WRITE_GIVE_UP, "write {i} not acknowledged in time");
+            if cached.is_none() {
+                cached = routing(&admin).await;
+            }
+            let Some(snapshot) = cached.clone() else {
+                *model.refusals.entry("mgmtd unreachable".into()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let chain = &snapshot.chains[&ChainId(CHAIN)];
+            let head = chain
+                .head()
+                .filter(|h| chain.state_of(*h) == Some(PublicTargetState::Serving))
+                .and_then(|h| snapshot.address_of(h));
+            let Some(address) = head else {
+                *model.refusals.entry("no serving head".into()).or_default() += 1;
+                cached = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if client.as_ref().is_none_or(|(a, _)| *a != address) {
+                match tokio::time::timeout(CALL_TIMEOUT, DataClient::connect(address)).await {
+                    Ok(Ok(c)) => client = Some((address, c)),
+                    _ => {
+                        *model.refusals.entry("connect failed".into()).or_default() += 1;
+                        client = None;
+                        cached = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some((_, c)) = client.as_mut() else { continue };
+            let request =
+                write_request(CHAIN, chain.chain_version, chunk, offset as u32, &data, 7, i + 1);
+            match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
+                Ok(Ok(reply)) if reply.outcome == Outcome::Ok => break,
+                Ok(Ok(reply)) => {
+                    let Outcome::Failed(code) = reply.outcome else { unreachable!() };
+                    let expected = code.is_retryable()
+                        || matches!(
+                            code,
+                            ErrorCode::Fenced
+                                | ErrorCode::StaleChainVersion
+                                | ErrorCode::TargetNotFound
+                                | ErrorCode::TargetNotServing
+                        );
+                    assert!(expected, "write {i} refused for good: {reply:?}");
+                    if code == ErrorCode::Fenced {
+                        fenced_seen.fetch_add(1, Ordering::SeqCst);
+                    }
+                    *model.refusals.entry(format!("{code:?}")).or_default() += 1;
+                    cached = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(_)) | Err(_) => {
+                    *model.refusals.entry("connection lost or timed out".into()).or_default() += 1;
+                    client = None;
+                    cached = None;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        apply(model.acked.entry(chunk).or_default(), offset, &data);
+        model.acks += 1;
+        model.gap_max = model.gap_max.max(last_ack.elapsed());
+        last_ack = Instant::now();
+        acks.store(model.acks, Ordering::SeqCst);
+        i += 1;
+    }
+    model
+}
+
+/// What the stale client saw from the old head.
+#[derive(Default)]
+struct Stale {
+    model: Model,
+    first_fenced: Option<Duration>,
+    /// Acknowledgements received after the first `Fenced` (must stay 0).
+    acks_after_fenced: u64,
+}
+
+/// A client whose routing is from before the partition: sends a new write (inode 10, its own
+/// client id) to `old_head` with `chain_version` every few ms until `stop`, never refreshing.
+async fn stale_client(
+    old_head: SocketAddr,
+    chain_version: r3fs_types::ChainVersion,
+    cut_at: Instant,
+    stop: Arc<AtomicBool>,
+) -> Stale {
+    let mut stale = Stale::default();
+    let mut client: Option<DataClient> = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        // Every write goes to a place of its own, so a write in doubt (no reply) never
+        // overlaps an acknowledged one.
+        let chunk = ChunkId::new(InodeId(10), i / OFFSETS);
+        let offset = (i % OFFSETS) as usize * WRITE_BYTES;
+        let data = pattern(90_000 + i, WRITE_BYTES);
+        i += 1;
+        if client.is_none() {
+            match tokio::time::timeout(CALL_TIMEOUT, DataClient::connect(old_head)).await {
+                Ok(Ok(c)) => client = Some(c),
+                _ => {
+                    *stale.model.refusals.entry("connect failed".into()).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        }
+        let c = client.as_mut().expect("client");
+        let request = write_request(CHAIN, chain_version, chunk, offset as u32, &data, 8, i);
+        match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
+            Ok(Ok(reply)) if reply.outcome == Outcome::Ok => {
+                apply(stale.model.acked.entry(chunk).or_default(), offset, &data);
+                stale.model.acks += 1;
+                if stale.first_fenced.is_some() {
+                    stale.acks_after_fenced += 1;
+                }
+            }
+            Ok(Ok(reply)) => {
+                let Outcome::Failed(code) = reply.outcome else { unreachable!() };
+                if code == ErrorCode::Fenced && stale.first_fenced.is_none() {
+                    stale.first_fenced = Some(cut_at.elapsed());
+                }
+                *stale.model.refusals.entry(format!("{code:?}")).or_default() += 1;
+            }
+            Ok(Err(_)) | Err(_) => {
+                // A write in doubt (no reply): it may or may not have been applied; the model
+                // claims nothing about its place. Reconnect.
+                *stale.model.refusals.entry("no reply".into()).or_default() += 1;
+                client = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stale
+}
+
+fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
+    let reached =
+        r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
+            acks.load(Ordering::SeqCst) >= at_least
+        });
+    assert!(reached, "writes did not reach {at_least} acknowledgements ({what})");
+}
+
+/// Reads every chunk of `writer` (compared whole) and of `stale` (compared at the places it
+/// acknowledged: its writes in doubt may have landed elsewhere) from every replica.
+async fn verify_all_replicas(admin: &MgmtdClient, writer: &Model, stale: &Model) -> usize {
+    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
+    let snapshot = wait_serving(admin, CHAIN, all.clone()).await;
+    for target in &all {
+        let address = snapshot.address_of(*target).expect("replica address");
+        let mut client = DataClient::connect(address).await.expect("connect to a replica");
+        for (chunk, expected) in &writer.acked {
+            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
+            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
+            assert!(bytes == *expected, "target {target} chunk {chunk}: bytes differ");
+        }
+        for (chunk, expected) in &stale.acked {
+            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
+            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
+            assert!(bytes.len() >= expected.len(), "target {target} chunk {chunk} is short");
+            // All-zero places of the model are holes (never acknowledged); the pattern never
+            // produces 32 KiB of zeros.
+            let lost = expected
+                .chunks(WRITE_BYTES)
+                .zip(bytes.chunks(WRITE_BYTES))
+                .any(|(e, b)| e.iter().any(|x| *x != 0) && e != b);
+            assert!(
+                !lost,
+                "target {target} chunk {chunk}: a write the old head acknowledged is lost"
+            );
+        }
+    }
+    all.len()
+}
+
+struct Daemon {
+    proc: Proc,
+    node: u32,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let lines = self.proc.output().join("\n");
+            eprintln!("---- output of storage node {} ----\n{lines}", self.node);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_head_fences_and_rejoins() {
+    let mut net = match Net::create() {
+        Ok(net) => net,
+        Err(reason) => {
+            println!("SKIPPED: cannot make network namespaces here: {reason}");
+            return;
+        }
+    };
+    for index in [MGMTD_NS, 2, 3, 4] {
+        if let Err(reason) = net.add(index) {
+            println!("SKIPPED: cannot make network namespaces here: {reason}");
+            return;
+        }
+    }
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
+
+    // mgmtd in its own namespace, reached by the daemons and the test through the bridge.
+    let mgmtd_address = format!("{}:9100", net.address(MGMTD_NS));
+    let config = format!(
+        "node_id = 1\nlisten = \"{mgmtd_address}\"\nlease_timeout_ms = 2000\n\
+         lease_renew_interval_ms = 500\nheartbeat_interval_ms = 200\n\
+         heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nfailure_check_interval_ms = 200\n\
+         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"memory\"\n"
+    );
+    let mgmtd_config = root.path().join("mgmtd.toml");
+    std::fs::write(&mgmtd_config, config).expect("write mgmtd config");
+    let mut command = net.command(MGMTD_NS, &binary("r3fs-mgmtd", "r3fs-mgmtd"));
+    command.arg("--config").arg(&mgmtd_config);
+    let mut mgmtd_proc = Proc::spawn("r3fs-mgmtd", command);
+    mgmtd_proc.wait_for_line("is primary", START_TIMEOUT);
+    let mgmtd = Mgmtd::from_parts(mgmtd_proc, mgmtd_address.clone());
+    let (admin, token) = init_cluster(&mgmtd.address).await;
+
+    // Each daemon in its own namespace, listening on (and advertising) its namespace address.
+    let mut daemons = Vec::new();
+    for &(_, node) in &MEMBERS {
+        let disk = root.path().join(format!("node{node}-disk0"));
+        std::fs::create_dir_all(&disk).expect("create disk dir");
+        let config = storage_config(node, &disk, &mgmtd_address, &token).replace(
+            "listen_host = \"127.0.0.1\"",
+            &format!("listen_host = \"{}\"", net.address(node as u8)),
+        );
+        let path = root.path().join(format!("storage{node}.toml"));
+        std::fs::write(&path, config).expect("write storage config");
+        let mut command = net.command(node as u8, &binary("r3fs-storage", "r3fs-storage"));
+        command.arg("--config").arg(&path).env("RUST_LOG", "info,r3fs_storage=debug");
+        let mut proc = Proc::spawn(&format!("r3fs-storage-{node}"), command);
+        proc.wait_for_line("serving targets on", START_TIMEOUT);
+        daemons.push(Daemon { proc, node });
+    }
+    let before = create_chain(&admin, CHAIN, &MEMBERS).await;
+    let head = TargetId(MEMBERS[0].0);
+    let head_node = MEMBERS[0].1 as u8;
+    let old_head = before.address_of(head).expect("head address");
+    assert_eq!(old_head.ip().to_string(), net.address(head_node), "the head advertises its ns");
+    let old_version = before.chains[&ChainId(CHAIN)].chain_version;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let fenced_seen = Arc::new(AtomicU64::new(0));
+    let task = tokio::spawn(writer(admin.clone(), stop.clone(), acks.clone(), fenced_seen.clone()));
+    wait_acks(&acks, 60, "before the partition");
+
+    // Cut the head from mgmtd; clients still reach it.
+    let cut_at = Instant::now();
+    let acks_at_cut = acks.load(Ordering::SeqCst);
+    net.block(head_node, &net.address(MGMTD_NS));
+    let stale_stop = Arc::new(AtomicBool::new(false));
+    let stale_task = tokio::spawn(stale_client(old_head, old_version, cut_at, stale_stop.clone()));
+
+    // mgmtd takes the head out; the writer continues on the new head.
+    eventually(Duration::from_secs(60), "the cut-off head is taken out of the chain", || async {
+        let snapshot = routing(&admin).await?;
+        let chain = &snapshot.chains[&ChainId(CHAIN)];
+        (chain.state_of(head) != Some(PublicTargetState::Serving) && chain.head() != Some(head))
+            .then_some(())
+    })
+    .await;
+    let failover_after = cut_at.elapsed();
+    wait_acks(&acks, acks.load(Ordering::SeqCst) + 60, "on the new head");
+    // Keep the partition a while longer so the stale client probes the fenced head for long.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acks_partitioned = acks.load(Ordering::SeqCst) - acks_at_cut;
+
+    // Heal: the old head reaches mgmtd again, resyncs and serves.
+    let healed_at = Instant::now();
+    net.unblock(head_node, &net.address(MGMTD_NS));
+    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
+    wait_serving(&admin, CHAIN, all).await;
+    let rejoined_after = healed_at.elapsed();
+    stale_stop.store(true, Ordering::SeqCst);
+    let stale = tokio::time::timeout(Duration::from_secs(60), stale_task)
+        .await
+        .expect("stale client stops")
+        .expect("stale client task");
+    let at_rejoin = acks.load(Ordering::SeqCst);
+    wait_acks(&acks, at_rejoin + 30, "after the rejoin");
+    stop.store(true, Ordering::SeqCst);
+    let model = tokio::time::timeout(Duration::from_secs(120), task)
+        .await
+        .expect("writer stops")
+        .expect("writer task");
+
+    assert!(
+        stale.first_fenced.is_some(),
+        "the cut-off head never refused the stale client with Fenced: {:?}",
+        stale.model.refusals
+    );
+    assert_eq!(
+        stale.acks_after_fenced, 0,
+        "the cut-off head acknowledged writes after it had fenced itself"
+    );
+    let replicas = verify_all_replicas(&admin, &model, &stale.model).await;
+    println!(
+        "network partition of the chain head from mgmtd: {} writer acknowledgements ({} while \
+         the head was cut off) and {} acknowledged by the old head to a stale client, all \
+         verified on {replicas} replicas over {} chunks; the old head first refused with Fenced \
+         {:?} after the cut (heartbeat timeout {HEARTBEAT_TIMEOUT_MS} ms), 0 acknowledgements after \
+         that; mgmtd took it out {:?} after the cut; it served again {:?} after the link healed; \
+         longest gap between the writer's acknowledgements {:?}; writer refusals {:?}; stale \
+         client refusals {:?}",
+        model.acks,
+        acks_partitioned,
+        stale.model.acks,
+        model.acked.len() + stale.model.acked.len(),
+        stale.first_fenced.expect("fenced"),
+        failover_after,
+        rejoined_after,
+        model.gap_max,
+        model.refusals,
+        stale.model.refusals,
+    );
+    for daemon in daemons.iter_mut() {
+        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
+    }
+    drop(mgmtd);
+    drop(net);
+}
