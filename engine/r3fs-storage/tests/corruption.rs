@@ -205,16 +205,15 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
                         continue;
                     }
                     let mut served = false;
-                    for other in 0..clients.len() {
+                    for (other, (other_target, client)) in clients.iter_mut().enumerate() {
                         if other == r {
                             continue;
                         }
-                        let (o, b) = read_once(&mut clients[other].1, chunk(i), len).await;
+                        let (o, b) = read_once(client, chunk(i), len).await;
                         if o == Outcome::Ok {
                             assert!(
                                 b[..] == want[..],
-                                "chunk {i} from {}: wrong bytes",
-                                clients[other].0
+                                "chunk {i} from {other_target}: wrong bytes"
                             );
                             served = true;
                             break;
@@ -296,7 +295,7 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
             _ => 0,
         };
         assert_eq!(fixed, expected_fixed, "target {t} repaired count; refused reads {mine:?}");
-        assert!(detected >= fixed + 1, "target {t}: {detected} detections, {fixed} repairs");
+        assert!(detected > fixed, "target {t}: {detected} detections, {fixed} repairs");
         corrupted += detected;
         repaired += fixed;
         let output = node.storage.proc.output().join("\n");
