@@ -19,6 +19,8 @@
 #     sequential writes (and reads) through the native ring engine, 4 KiB random reads through
 #     the native ring engine at $RAND_QD, and 2 jobs of libaio 4 MiB direct writes through the
 #     mount with real fio;
+#     then the FUSE workload again on a cluster whose chunks are $FUSE_CHUNK_BYTES (the kernel's
+#     largest FUSE write; FUSE_CHUNK_BYTES=0 skips it);
 #  7. the same ring workloads on a second cluster with replication $REPLICATION3 (every replica on
 #     this one disk: its ratio divides by raw fio / $REPLICATION3); REPLICATION3=0 skips it.
 # Every row notes the 1-minute load average when it was measured (other work shares the cores).
@@ -34,6 +36,7 @@ RAND_SECONDS=${RAND_SECONDS:-10}
 RING_JOBS=${RING_JOBS:-16}
 REPLICATION=${REPLICATION:-1}
 REPLICATION3=${REPLICATION3:-3}
+FUSE_CHUNK_BYTES=${FUSE_CHUNK_BYTES:-1048576}
 CHUNK_BYTES=${CHUNK_BYTES:-4194304}
 DOC=${DOC:-$ROOT/docs/benchmarks.md}
 LOGS=$BENCH_DIR/logs
@@ -150,8 +153,8 @@ else
 fi
 
 # --- 6./7. clusters: seed workloads through the native ring and the mount ---------------------
-# start_cluster REPLICATION NAME: `r3fs up` with a FUSE mount on $BENCH_DIR/NAME-mnt; sets UP_PID,
-# MOUNT and UP (the command); fails if it does not print its readiness line.
+# start_cluster REPLICATION NAME [CHUNK-BYTES]: `r3fs up` with a FUSE mount on $BENCH_DIR/NAME-mnt;
+# sets UP_PID, MOUNT and UP (the command); fails if it does not print its readiness line.
 UP_PID=
 stop_cluster() {
   if [ -n "$UP_PID" ]; then
@@ -162,11 +165,11 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 start_cluster() {
-  local repl=$1 name=$2
+  local repl=$1 name=$2 chunk=${3:-$CHUNK_BYTES}
   CLUSTER=$BENCH_DIR/$name
   MOUNT=$BENCH_DIR/$name-mnt
   rm -rf "$CLUSTER" && mkdir -p "$CLUSTER" "$MOUNT"
-  UP="r3fs up --data $CLUSTER --mount $MOUNT --replication $repl --chunk-size $CHUNK_BYTES"
+  UP="r3fs up --data $CLUSTER --mount $MOUNT --replication $repl --chunk-size $chunk"
   say "cluster: $UP"
   "$TARGET"/$UP >"$LOGS/$name-up.log" 2>&1 &
   UP_PID=$!
@@ -176,7 +179,7 @@ start_cluster() {
     sleep 1
   done
   if grep -q 'r3fs cluster ready' "$LOGS/$name-up.log"; then
-    printf -- '- cluster (replication %s): `%s`\n' "$repl" "$UP" >>"$NOTES"
+    printf -- '- cluster (replication %s, %s-byte chunks): `%s`\n' "$repl" "$chunk" "$UP" >>"$NOTES"
     return 0
   fi
   stop_cluster
@@ -205,6 +208,25 @@ ring_rows() {
   rm -rf "$MOUNT/ring"
 }
 
+# fuse_rows CHUNK-BYTES: the seed's FUSE workload (real fio, libaio, O_DIRECT) on the mount at
+# $MOUNT, whose files have CHUNK-BYTES chunks.
+fuse_rows() {
+  local chunk=$1 kib=$(( $1 / 1024 ))
+  FUSE="fio --name=fuse --directory=$MOUNT/fio --rw=write --bs=4M --size=${SIZE_MIB}M --numjobs=2 --ioengine=libaio --iodepth=$SEQ_QD --direct=1 --group_reporting --end_fsync=1 --output-format=json"
+  mkdir -p "$MOUNT/fio"
+  say "mount ($kib KiB chunks): $FUSE"
+  if $FUSE >"$LOGS/fuse-$kib-seqwrite.json" 2>"$LOGS/fuse-$kib-seqwrite.err"; then
+    FUSE_W=$(fio_json "$LOGS/fuse-$kib-seqwrite.json" write bw_bytes)
+    row "FUSE mount, replication $REPLICATION, $kib KiB chunks, real fio libaio, 2 jobs x 4 MiB direct write" "$(mib "$FUSE_W")" MiB/s "$(mib "$RAW_W")" ">= 0.60 of native" "$FUSE" "FUSE mount, real fio libaio, 2 jobs x 4 MiB direct write"
+    if [ $RING_OK = yes ]; then
+      printf '| FUSE (%s KiB chunks) / native ring write (%s KiB chunks) | | | %s | >= 0.60 | |\n' "$kib" "$(( CHUNK_BYTES / 1024 ))" "$(ratio "$FUSE_W" "$RING_W")" >>"$ROWS"
+    fi
+  else
+    pending "FUSE mount, $kib KiB chunks, real fio libaio 2 jobs x 4 MiB direct write" "fio failed: $(head -c 200 "$LOGS/fuse-$kib-seqwrite.err")"
+  fi
+  rm -rf "$MOUNT/fio"
+}
+
 RING_OK=no
 if [ "$R3FS_UP" = yes ]; then
   if start_cluster "$REPLICATION" cluster; then
@@ -218,22 +240,22 @@ if [ "$R3FS_UP" = yes ]; then
     else
       pending "native ring engine (seed workload 1, 4 KiB random reads)" "r3fs-bench has no r3fs-ring engine in this build: $(head -c 200 "$LOGS/ring-probe.txt")"
     fi
-    FUSE="fio --name=fuse --directory=$MOUNT/fio --rw=write --bs=4M --size=${SIZE_MIB}M --numjobs=2 --ioengine=libaio --iodepth=$SEQ_QD --direct=1 --group_reporting --end_fsync=1 --output-format=json"
-    mkdir -p "$MOUNT/fio"
-    say "mount: $FUSE"
-    if $FUSE >"$LOGS/fuse-seqwrite.json" 2>"$LOGS/fuse-seqwrite.err"; then
-      FUSE_W=$(fio_json "$LOGS/fuse-seqwrite.json" write bw_bytes)
-      row "FUSE mount, replication $REPLICATION, real fio libaio, 2 jobs x 4 MiB direct write" "$(mib "$FUSE_W")" MiB/s "$(mib "$RAW_W")" ">= 0.60 of native" "$FUSE" "FUSE mount, real fio libaio, 2 jobs x 4 MiB direct write"
-      if [ $RING_OK = yes ]; then
-        printf '| FUSE / native ring write | | | %s | >= 0.60 | |\n' "$(ratio "$FUSE_W" "$RING_W")" >>"$ROWS"
-      fi
-    else
-      pending "FUSE mount, real fio libaio 2 jobs x 4 MiB direct write" "fio failed: $(head -c 200 "$LOGS/fuse-seqwrite.err")"
-    fi
+    fuse_rows "$CHUNK_BYTES"
     stop_cluster
     rm -rf "$CLUSTER"
   else
     pending "local cluster (r3fs up, replication $REPLICATION)" "did not print 'r3fs cluster ready': see $LOGS/cluster-up.log"
+  fi
+  # The kernel sends FUSE writes of at most 1 MiB: with larger chunks every one is a partial-chunk
+  # update, and the updates of one chunk are applied one after another by its chain.
+  if [ "$FUSE_CHUNK_BYTES" -gt 0 ] && [ "$FUSE_CHUNK_BYTES" != "$CHUNK_BYTES" ]; then
+    if start_cluster "$REPLICATION" cluster-fuse "$FUSE_CHUNK_BYTES"; then
+      fuse_rows "$FUSE_CHUNK_BYTES"
+      stop_cluster
+      rm -rf "$CLUSTER"
+    else
+      pending "local cluster (r3fs up, $FUSE_CHUNK_BYTES-byte chunks)" "did not print 'r3fs cluster ready': see $LOGS/cluster-fuse-up.log"
+    fi
   fi
   if [ "$REPLICATION3" -gt 1 ] && [ $RING_OK = yes ]; then
     if start_cluster "$REPLICATION3" cluster-r$REPLICATION3; then
@@ -259,7 +281,7 @@ SECTION=$LOGS/section.md
   echo "<!-- BEGIN perf/run.sh: generated by perf/run.sh; edit the script, not this section -->"
   echo "## Side by side (perf/run.sh)"
   echo
-  echo "Generated by \`perf/run.sh\` (SIZE_MIB=$SIZE_MIB SEQ_QD=$SEQ_QD RAND_QD=$RAND_QD RAND_SECONDS=$RAND_SECONDS RING_JOBS=$RING_JOBS REPLICATION=$REPLICATION REPLICATION3=$REPLICATION3 CHUNK_BYTES=$CHUNK_BYTES) on $STARTED,"
+  echo "Generated by \`perf/run.sh\` (SIZE_MIB=$SIZE_MIB SEQ_QD=$SEQ_QD RAND_QD=$RAND_QD RAND_SECONDS=$RAND_SECONDS RING_JOBS=$RING_JOBS REPLICATION=$REPLICATION REPLICATION3=$REPLICATION3 CHUNK_BYTES=$CHUNK_BYTES FUSE_CHUNK_BYTES=$FUSE_CHUNK_BYTES) on $STARTED,"
   echo "everything in one run on the same disk ($(df -h "$BENCH_DIR" | awk 'NR==2 {print $1 ", " $2 " " }')file system $(stat -f -c %T "$BENCH_DIR"), $(nproc) cores."
   echo "Load average (1/5/15 min) at start: $LOAD_START; at end: $LOAD_END (other helpers' builds and tests share the cores)."
   echo "Ratios divide by the raw fio row with the same block size and depth, except the chunk store and storage"
