@@ -13,23 +13,12 @@
 use r3fs_client::{ChunkRead, ClientConfig, FileClient, ReadData};
 use r3fs_rpc::meta::{self as meta_pb};
 use r3fs_testkit::cluster::{Cluster, MetaAuth, Role, eventually};
+use r3fs_testkit::pattern;
 use std::time::Duration;
 
 const CHUNK: usize = 64 << 10;
 /// `[store] capacity_bytes` of every target.
 const TARGET_CAPACITY: u64 = 256 << 20;
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 /// Three storage nodes, two replication-3 chains, and meta with `[mgmtd]` only (tokens, routing
 /// and storage access all come from there), collecting every 100 ms.

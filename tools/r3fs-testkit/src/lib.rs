@@ -185,6 +185,20 @@ impl Drop for Proc {
     }
 }
 
+/// `len` deterministic, well-mixed test bytes for `seed` (xorshift64): different seeds give
+/// different bytes, so data read back from the wrong place or version does not match.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
 /// Polls `condition` every `interval` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(
     timeout: Duration,
@@ -219,6 +233,15 @@ mod tests {
         // SAFETY: signal 0 only checks for existence.
         let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
         assert!(!alive, "child {pid} survived drop");
+    }
+
+    #[test]
+    fn patterns_differ_by_seed_and_repeat_for_one() {
+        assert_eq!(pattern(7, 4096), pattern(7, 4096));
+        assert_ne!(pattern(7, 4096), pattern(8, 4096));
+        assert_eq!(pattern(7, 10), pattern(7, 4096)[..10]);
+        let distinct: HashSet<u8> = pattern(1, 4096).into_iter().collect();
+        assert!(distinct.len() > 200, "bytes are well mixed: {} distinct", distinct.len());
     }
 
     #[test]
