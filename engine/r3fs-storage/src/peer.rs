@@ -346,7 +346,6 @@ pub fn encode(
             w.chain(*chain, *chain_version);
             (KIND_SYNC_DONE_ACK, Bytes::new(), 0)
         }
-    };
         PeerMessage::FetchChunk { chain, chain_version, chunk } => {
             w.chain(*chain, *chain_version);
             w.chunk(*chunk);
@@ -359,6 +358,7 @@ pub fn encode(
             w.u32(f.checksum);
             (KIND_FETCH_CHUNK_REPLY, f.data.clone(), f.checksum)
         }
+    };
     let header = w.0;
     let header_len =
         u32::try_from(header.len()).ok().filter(|&len| len <= PEER_HEADER_LEN_MAX).ok_or(
@@ -595,8 +595,6 @@ impl PeerHead {
                 let (chain, chain_version) = r.chain()?;
                 PeerMessage::SyncDoneAck { chain, chain_version }
             }
-            other => return Err(PeerFrameError::Kind(other)),
-        };
             KIND_FETCH_CHUNK => {
                 no_payload(&payload)?;
                 let (chain, chain_version) = r.chain()?;
@@ -613,6 +611,8 @@ impl PeerHead {
                     data: payload,
                 })
             }
+            other => return Err(PeerFrameError::Kind(other)),
+        };
         r.finish()?;
         Ok(PeerFrame { from: self.from, to: self.to, message, chunk_size })
     }
@@ -721,22 +721,19 @@ mod tests {
             chain: c,
             chain_version: v,
             chunk: chunk(),
-            chain: c,
-            chain_version: v,
-            chunk: chunk(),
             state: Some(state(4)),
             checksum: crc32c::crc32c(&data),
             data: data.clone(),
         }));
         round_trip(PeerMessage::FetchChunk { chain: c, chain_version: v, chunk: chunk() });
         round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
+            chain: c,
+            chain_version: v,
+            chunk: chunk(),
             state: Some(state(4)),
             checksum: crc32c::crc32c(&data),
             data,
         }));
-        round_trip(PeerMessage::SyncAck { chain: c, chain_version: v, chunk: chunk() });
-        round_trip(PeerMessage::SyncDone { chain: c, chain_version: v });
-        round_trip(PeerMessage::SyncDoneAck { chain: c, chain_version: v });
         round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
             chain: c,
             chain_version: v,
@@ -745,6 +742,9 @@ mod tests {
             checksum: 0,
             data: Bytes::new(),
         }));
+        round_trip(PeerMessage::SyncAck { chain: c, chain_version: v, chunk: chunk() });
+        round_trip(PeerMessage::SyncDone { chain: c, chain_version: v });
+        round_trip(PeerMessage::SyncDoneAck { chain: c, chain_version: v });
     }
 
     /// A resync page of many entries without a pending state (the common case after a restart)
