@@ -585,13 +585,14 @@ fn fio(_m: &Mounted, dir: &Path) {
         .arg("--name=r3fs")
         .arg(format!("--directory={}", dir.display()))
         .args(["--size=16M", "--bs=64k", "--rw=randwrite", "--numjobs=2", "--ioengine=psync"])
-        .args(["--verify=crc32c", "--do_verify=1", "--fallocate=none", "--group_reporting"]));
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_state_save=0", "--fallocate=none"])
+        .arg("--group_reporting"));
     assert!(out.contains("r3fs"), "{out}");
     let out = run(Command::new("fio")
         .arg("--name=r3fs-direct")
         .arg(format!("--directory={}", dir.display()))
         .args(["--size=8M", "--bs=1M", "--rw=write", "--direct=1", "--ioengine=psync"])
-        .args(["--verify=crc32c", "--do_verify=1", "--fallocate=none"]));
+        .args(["--verify=crc32c", "--do_verify=1", "--verify_state_save=0", "--fallocate=none"]));
     assert!(out.contains("r3fs-direct"), "{out}");
 }
 
