@@ -630,8 +630,21 @@ fn drive(shard: &ShardRc, s: &mut Shard, target: TargetId, input: Input) {
                 if let Some(slot) = s.targets.get_mut(&target) {
                     match &reason {
                         FenceReason::Routing { state } => {
-                            info!(shard = index, %target, ?state, "replica fenced by routing; will rejoin through recovery");
+                            info!(shard = index, %target, ?state, "replica fenced by routing; restarting it to rejoin through resync");
                             slot.local_state = LocalTargetState::Online;
+                            // The routing that fenced it may stay current for long: mgmtd waits
+                            // for this very target to sync, and a fenced replica answers nothing,
+                            // so waiting for the next routing change would stall the resync for
+                            // good. Restart the replica under the current routing right away,
+                            // as that change would (the new replica starts without the stale
+                            // work, so it does not fence again).
+                            let shard = shard.clone();
+                            spawn(async move {
+                                let mut s = shard.borrow_mut();
+                                if let Some(snapshot) = s.routing.clone() {
+                                    apply_routing(&shard, &mut s, &snapshot, target);
+                                }
+                            });
                         }
                         FenceReason::Storage(error) => {
                             error!(shard = index, %target, %error, "storage failed; target offline");

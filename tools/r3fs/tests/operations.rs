@@ -247,13 +247,21 @@ async fn migrate_a_replica_and_refuse_unsafe_operations() {
         .then_some(())
     })
     .await;
+    // The first pass may try the dead replica first (the client's routing can lag mgmtd's) and
+    // retry on the new one; once the client has caught up, a second pass asks 104 alone.
+    verify(&client, &expected).await;
+    let before = client.stats().read_items_by_target;
     let bytes = verify(&client, &expected).await;
+    let mut reads = client.stats().read_items_by_target;
+    for (target, items) in before {
+        *reads.entry(target).or_default() -= items;
+    }
+    reads.retain(|_, items| *items > 0);
     println!("verified {} chunks, {bytes} bytes, read from target 104 alone", expected.len());
-    let reads = client.stats().read_items_by_target;
-    println!("read items by target: {reads:?}");
+    println!("read items by target in the second pass: {reads:?}");
     assert!(
-        reads.keys().all(|t| t.0 == new),
-        "every read was answered by the new target: {reads:?}"
+        !reads.is_empty() && reads.keys().all(|t| t.0 == new),
+        "every read of the second pass went to the new target: {reads:?}"
     );
 
     // Refusals, with the text an operator sees.
