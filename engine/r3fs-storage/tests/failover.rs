@@ -19,10 +19,10 @@
 
 mod common;
 
+use common::load::*;
 use common::*;
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
-use r3fs_storage::routing::RoutingSnapshot;
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
 use std::collections::BTreeMap;
@@ -30,132 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CHAIN: u32 = 1;
 /// The tests of this file run one at a time: each starts four processes, and 2-core CI runners
 /// would otherwise run twelve at once.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const CHUNKS: u64 = 8;
-const WRITE_BYTES: usize = 32 << 10;
-const OFFSETS: u64 = 16;
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A write that is refused for this long fails the test (the cluster never recovered).
-const WRITE_GIVE_UP: Duration = Duration::from_secs(90);
-
-/// The acknowledged content of every chunk, and what the client observed.
-#[derive(Default)]
-struct Model {
-    acked: BTreeMap<ChunkId, Vec<u8>>,
-    acks: u64,
-    /// Longest time between two acknowledgements.
-    gap_max: Duration,
-    /// Attempts refused or failed, by reason.
-    refusals: BTreeMap<String, u64>,
-}
-
-fn apply(content: &mut Vec<u8>, offset: usize, data: &[u8]) {
-    if content.len() < offset + data.len() {
-        content.resize(offset + data.len(), 0);
-    }
-    content[offset..offset + data.len()].copy_from_slice(data);
-}
-
-async fn routing(admin: &MgmtdClient) -> Option<RoutingSnapshot> {
-    let info = admin.get_routing_info(0, Duration::ZERO).await.ok()??;
-    Some(RoutingSnapshot::from_pb(&info).0)
-}
-
-/// Writes until `stop`, each write retried (same client id and sequence) until acknowledged,
-/// following the routing to whichever target heads the chain.
-async fn writer(
-    admin: MgmtdClient,
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicU64>,
-    fenced_seen: Arc<AtomicU64>,
-) -> Model {
-    let mut model = Model::default();
-    let mut client: Option<(std::net::SocketAddr, DataClient)> = None;
-    let mut last_ack = Instant::now();
-    let mut cached: Option<RoutingSnapshot> = None;
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let chunk = ChunkId::new(InodeId(9), i % CHUNKS);
-        let offset = ((i / CHUNKS) % OFFSETS) as usize * WRITE_BYTES;
-        let data = pattern(1000 + i, WRITE_BYTES);
-        let started = Instant::now();
-        loop {
-            assert!(started.elapsed() < WRITE_GIVE_UP, "write {i} not acknowledged in time");
-            // The routing is fetched again only after a failure, as a client does.
-            if cached.is_none() {
-                cached = routing(&admin).await;
-            }
-            let Some(snapshot) = cached.clone() else {
-                *model.refusals.entry("mgmtd unreachable".into()).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let chain = &snapshot.chains[&ChainId(CHAIN)];
-            let head = chain
-                .head()
-                .filter(|h| chain.state_of(*h) == Some(PublicTargetState::Serving))
-                .and_then(|h| snapshot.address_of(h));
-            let Some(address) = head else {
-                *model.refusals.entry("no serving head".into()).or_default() += 1;
-                cached = None;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            if client.as_ref().is_none_or(|(a, _)| *a != address) {
-                match tokio::time::timeout(CALL_TIMEOUT, DataClient::connect(address)).await {
-                    Ok(Ok(c)) => client = Some((address, c)),
-                    _ => {
-                        *model.refusals.entry("connect failed".into()).or_default() += 1;
-                        client = None;
-                        cached = None;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
-            let Some((_, c)) = client.as_mut() else { continue };
-            let request =
-                write_request(CHAIN, chain.chain_version, chunk, offset as u32, &data, 7, i + 1);
-            match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
-                Ok(Ok(reply)) if reply.outcome == Outcome::Ok => break,
-                Ok(Ok(reply)) => {
-                    let Outcome::Failed(code) = reply.outcome else { unreachable!() };
-                    let expected = code.is_retryable()
-                        || matches!(
-                            code,
-                            ErrorCode::Fenced
-                                | ErrorCode::StaleChainVersion
-                                | ErrorCode::TargetNotFound
-                                | ErrorCode::TargetNotServing
-                        );
-                    assert!(expected, "write {i} refused for good: {reply:?}");
-                    if code == ErrorCode::Fenced {
-                        fenced_seen.fetch_add(1, Ordering::SeqCst);
-                    }
-                    *model.refusals.entry(format!("{code:?}")).or_default() += 1;
-                    cached = None;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(Err(_)) | Err(_) => {
-                    *model.refusals.entry("connection lost or timed out".into()).or_default() += 1;
-                    client = None;
-                    cached = None;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        apply(model.acked.entry(chunk).or_default(), offset, &data);
-        model.acks += 1;
-        model.gap_max = model.gap_max.max(last_ack.elapsed());
-        last_ack = Instant::now();
-        acks.store(model.acks, Ordering::SeqCst);
-        i += 1;
-    }
-    model
-}
 
 struct Cluster {
     mgmtd: Mgmtd,
@@ -179,14 +56,6 @@ async fn start_cluster_with(mgmtd: Mgmtd) -> Cluster {
         .collect();
     create_chain(&admin, CHAIN, &MEMBERS).await;
     Cluster { mgmtd, admin, daemons, _root: root }
-}
-
-fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
-    let reached =
-        r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
-            acks.load(Ordering::SeqCst) >= at_least
-        });
-    assert!(reached, "writes did not reach {at_least} acknowledgements ({what})");
 }
 
 /// Reads every chunk of the model from every replica of the chain and compares.

@@ -16,143 +16,24 @@
 
 mod common;
 
+use common::load::*;
 use common::netns::Net;
 use common::*;
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
-use r3fs_storage::routing::RoutingSnapshot;
 use r3fs_testkit::{Proc, binary};
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const CHAIN: u32 = 1;
 const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
 /// Namespace index of mgmtd (the storage nodes use their node id).
 const MGMTD_NS: u8 = 10;
-const CHUNKS: u64 = 8;
-const WRITE_BYTES: usize = 32 << 10;
-const OFFSETS: u64 = 16;
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-const WRITE_GIVE_UP: Duration = Duration::from_secs(90);
 /// mgmtd's failure detection (the daemons fence after half of it).
 const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
-
-#[derive(Default)]
-struct Model {
-    acked: BTreeMap<ChunkId, Vec<u8>>,
-    acks: u64,
-    gap_max: Duration,
-    refusals: BTreeMap<String, u64>,
-}
-
-fn apply(content: &mut Vec<u8>, offset: usize, data: &[u8]) {
-    if content.len() < offset + data.len() {
-        content.resize(offset + data.len(), 0);
-    }
-    content[offset..offset + data.len()].copy_from_slice(data);
-}
-
-async fn routing(admin: &MgmtdClient) -> Option<RoutingSnapshot> {
-    let info = admin.get_routing_info(0, Duration::ZERO).await.ok()??;
-    Some(RoutingSnapshot::from_pb(&info).0)
-}
-
-/// Writes (inode 9) until `stop`, each retried with the same sequence until acknowledged,
-/// following the routing to whichever target heads the chain; counts `Fenced` refusals.
-async fn writer(
-    admin: MgmtdClient,
-    stop: Arc<AtomicBool>,
-    acks: Arc<AtomicU64>,
-    fenced_seen: Arc<AtomicU64>,
-) -> Model {
-    let mut model = Model::default();
-    let mut client: Option<(SocketAddr, DataClient)> = None;
-    let mut last_ack = Instant::now();
-    let mut cached: Option<RoutingSnapshot> = None;
-    let mut i = 0u64;
-    while !stop.load(Ordering::SeqCst) {
-        let chunk = ChunkId::new(InodeId(9), i % CHUNKS);
-        let offset = ((i / CHUNKS) % OFFSETS) as usize * WRITE_BYTES;
-        let data = pattern(1000 + i, WRITE_BYTES);
-        let started = Instant::now();
-        loop {
-            assert!(started.elapsed() < WRITE_GIVE_UP, "write {i} not acknowledged in time");
-            if cached.is_none() {
-                cached = routing(&admin).await;
-            }
-            let Some(snapshot) = cached.clone() else {
-                *model.refusals.entry("mgmtd unreachable".into()).or_default() += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let chain = &snapshot.chains[&ChainId(CHAIN)];
-            let head = chain
-                .head()
-                .filter(|h| chain.state_of(*h) == Some(PublicTargetState::Serving))
-                .and_then(|h| snapshot.address_of(h));
-            let Some(address) = head else {
-                *model.refusals.entry("no serving head".into()).or_default() += 1;
-                cached = None;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            if client.as_ref().is_none_or(|(a, _)| *a != address) {
-                match tokio::time::timeout(CALL_TIMEOUT, DataClient::connect(address)).await {
-                    Ok(Ok(c)) => client = Some((address, c)),
-                    _ => {
-                        *model.refusals.entry("connect failed".into()).or_default() += 1;
-                        client = None;
-                        cached = None;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                }
-            }
-            let Some((_, c)) = client.as_mut() else { continue };
-            let request =
-                write_request(CHAIN, chain.chain_version, chunk, offset as u32, &data, 7, i + 1);
-            match tokio::time::timeout(CALL_TIMEOUT, c.update(request, &data)).await {
-                Ok(Ok(reply)) if reply.outcome == Outcome::Ok => break,
-                Ok(Ok(reply)) => {
-                    let Outcome::Failed(code) = reply.outcome else { unreachable!() };
-                    let expected = code.is_retryable()
-                        || matches!(
-                            code,
-                            ErrorCode::Fenced
-                                | ErrorCode::StaleChainVersion
-                                | ErrorCode::TargetNotFound
-                                | ErrorCode::TargetNotServing
-                        );
-                    assert!(expected, "write {i} refused for good: {reply:?}");
-                    if code == ErrorCode::Fenced {
-                        fenced_seen.fetch_add(1, Ordering::SeqCst);
-                    }
-                    *model.refusals.entry(format!("{code:?}")).or_default() += 1;
-                    cached = None;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(Err(_)) | Err(_) => {
-                    *model.refusals.entry("connection lost or timed out".into()).or_default() += 1;
-                    client = None;
-                    cached = None;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-        apply(model.acked.entry(chunk).or_default(), offset, &data);
-        model.acks += 1;
-        model.gap_max = model.gap_max.max(last_ack.elapsed());
-        last_ack = Instant::now();
-        acks.store(model.acks, Ordering::SeqCst);
-        i += 1;
-    }
-    model
-}
 
 /// What the stale client saw from the old head.
 #[derive(Default)]
@@ -218,14 +99,6 @@ async fn stale_client(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stale
-}
-
-fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
-    let reached =
-        r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
-            acks.load(Ordering::SeqCst) >= at_least
-        });
-    assert!(reached, "writes did not reach {at_least} acknowledgements ({what})");
 }
 
 /// Reads every chunk of `writer` (compared whole) and of `stale` (compared at the places it

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod load;
 pub mod loopfs;
 pub mod netns;
 
