@@ -713,6 +713,22 @@ pub struct TargetSpec {
     pub chain_id: ChainId,
 }
 
+impl TargetSpec {
+    /// The record of a target just created: offline until its daemon reports it.
+    fn new_record(&self) -> TargetRecord {
+        TargetRecord {
+            target_id: self.target_id,
+            node_id: self.node_id,
+            disk_index: self.disk_index,
+            chain_id: self.chain_id,
+            local_state: LocalTargetState::Offline,
+            used_bytes: 0,
+            total_bytes: 0,
+            resync: None,
+        }
+    }
+}
+
 pub async fn create_targets(
     txn: &mut dyn Txn,
     ctx: WriteCtx,
@@ -767,17 +783,7 @@ pub async fn create_targets(
                 ),
             );
         }
-        let target = TargetRecord {
-            target_id: spec.target_id,
-            node_id: spec.node_id,
-            disk_index: spec.disk_index,
-            chain_id: spec.chain_id,
-            local_state: LocalTargetState::Offline,
-            used_bytes: 0,
-            total_bytes: 0,
-            resync: None,
-        };
-        records::put(txn, &key, &target)?;
+        records::put(txn, &key, &spec.new_record())?;
         created += 1;
     }
     let version =
@@ -1033,17 +1039,7 @@ pub async fn add_target_to_chain(
         }
         Some(_) => {}
         None => {
-            let target = TargetRecord {
-                target_id: spec.target_id,
-                node_id: spec.node_id,
-                disk_index: spec.disk_index,
-                chain_id: spec.chain_id,
-                local_state: LocalTargetState::Offline,
-                used_bytes: 0,
-                total_bytes: 0,
-                resync: None,
-            };
-            records::put(txn, &key, &target)?;
+            records::put(txn, &key, &spec.new_record())?;
         }
     }
     let mut local = member_states(txn, &chain).await?;
