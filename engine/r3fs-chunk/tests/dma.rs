@@ -19,9 +19,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 
+/// Devices are open only under a read guard, child processes start only under the write guard:
+/// a child forked while a device is open holds its `LOCK` flock until it execs, so a test that
+/// closes a device and reopens it at that moment would find it still locked.
+static CHILDREN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn run_glommio<T: Send + 'static>(future: impl Future<Output = T> + 'static) -> T
 where
 {
+    let _no_children = CHILDREN.read().unwrap_or_else(|p| p.into_inner());
     let executor = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(DmaDeviceConfig::default().io_memory_bytes as usize)
         .make()
@@ -264,12 +270,15 @@ fn a_file_system_without_o_direct_is_refused() {
     let dir = temp_dir();
     let mount = dir.path().join("ramfs");
     std::fs::create_dir(&mount).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "ramfs", "ramfs"])
-        .arg(&mount)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let mounted = {
+        let _children = CHILDREN.write().unwrap_or_else(|p| p.into_inner());
+        std::process::Command::new("mount")
+            .args(["-t", "ramfs", "ramfs"])
+            .arg(&mount)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
     if !mounted {
         println!(
             "skipped: cannot mount a ramfs here (needs root) to get a file system without O_DIRECT"
@@ -284,7 +293,10 @@ fn a_file_system_without_o_direct_is_refused() {
             assert!(err.to_string().contains("O_DIRECT"), "{err}");
         })
     });
-    let _ = std::process::Command::new("umount").arg(&mount).status();
+    {
+        let _children = CHILDREN.write().unwrap_or_else(|p| p.into_inner());
+        let _ = std::process::Command::new("umount").arg(&mount).status();
+    }
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
