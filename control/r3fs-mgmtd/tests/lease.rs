@@ -2,6 +2,8 @@
 //! clock skew can be staged): election, renewal, expiry and takeover, fencing of a deposed
 //! primary, clean release, restart under the same node id, and heartbeat failure detection.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -10,9 +12,9 @@ use r3fs_mgmtd::clock::ManualClock;
 use r3fs_mgmtd::error::MgmtdError;
 use r3fs_mgmtd::lease::{self, Candidate};
 use r3fs_mgmtd::records::PresenceRecord;
-use r3fs_mgmtd::store::{self, HeartbeatSpec, RegisterSpec, TargetReport, TargetSpec};
+use r3fs_mgmtd::store::{self, HeartbeatSpec, TargetReport};
 use r3fs_mgmtd::{Mgmtd, MgmtdOptions, Role};
-use r3fs_types::{ChainId, ErrorCode, LocalTargetState, NodeId, NodeStatus, NodeType, TargetId};
+use r3fs_types::{ErrorCode, LocalTargetState, NodeId, NodeStatus, NodeType, TargetId};
 
 const LEASE_TIMEOUT_MS: u64 = 1_000;
 const HEARTBEAT_TIMEOUT_MS: u64 = 500;
@@ -183,47 +185,6 @@ async fn a_restarted_instance_with_the_same_node_id_takes_over_at_once() {
     write(&second).await.expect("the new process writes");
 }
 
-async fn setup_chain(primary: &Instance) {
-    let spec = RegisterSpec {
-        node_id: NodeId(10),
-        node_type: NodeType::Storage,
-        hostname: "storage10".into(),
-        addresses: vec![("data".into(), "10.0.1.10:9000".into())],
-        release_version: "test".into(),
-        config_version: 0,
-    };
-    primary.mgmtd.register_node(spec).await.expect("register storage 10");
-    let targets: Vec<TargetSpec> = (1..=2)
-        .map(|t| TargetSpec {
-            target_id: TargetId(t),
-            node_id: NodeId(10),
-            disk_index: 0,
-            chain_id: ChainId(1),
-        })
-        .collect();
-    primary
-        .mgmtd
-        .write_routing(move |txn, ctx| {
-            let targets = targets.clone();
-            Box::pin(async move { store::create_targets(txn, ctx, &targets).await })
-        })
-        .await
-        .expect("create targets");
-    // The daemon reports its targets before the chain is uploaded, so the chain starts with every
-    // target serving (a chain uploaded first would start degraded: see chain-state.md).
-    primary.mgmtd.heartbeat(heartbeat(1)).await.expect("heartbeat 1");
-    primary
-        .mgmtd
-        .write_routing(|txn, ctx| {
-            Box::pin(async move {
-                store::upload_chains(txn, ctx, &[(ChainId(1), vec![TargetId(1), TargetId(2)])])
-                    .await
-            })
-        })
-        .await
-        .expect("upload chain");
-}
-
 fn report(target: u64, local_state: LocalTargetState, chain_version: u32) -> TargetReport {
     TargetReport {
         target_id: TargetId(target),
@@ -237,7 +198,7 @@ fn report(target: u64, local_state: LocalTargetState, chain_version: u32) -> Tar
 
 fn heartbeat(version: u64) -> HeartbeatSpec {
     HeartbeatSpec {
-        node_id: NodeId(10),
+        node_id: NodeId(common::CHAIN_NODE),
         heartbeat_version: version,
         config_version: 0,
         release_version: "test".into(),
@@ -253,7 +214,7 @@ async fn silent_node_fails_and_its_targets_go_offline() {
     let kv: Arc<dyn Kv> = Arc::new(MemoryKv::default());
     let primary = instance(&kv, 1);
     primary.mgmtd.lease_tick().await.expect("tick");
-    setup_chain(&primary).await;
+    common::setup_chain(&primary.mgmtd, &[common::CHAIN_NODE], heartbeat(1)).await;
     primary.mgmtd.heartbeat(heartbeat(2)).await.expect("heartbeat 2");
     let stale = primary.mgmtd.heartbeat(heartbeat(2)).await.expect_err("same version again");
     assert_eq!(stale.code(), ErrorCode::StaleHeartbeat);
@@ -357,7 +318,7 @@ async fn a_new_primary_gives_every_node_a_full_timeout() {
     let a = instance(&kv, 1);
     let b = instance(&kv, 2);
     a.mgmtd.lease_tick().await.expect("tick");
-    setup_chain(&a).await;
+    common::setup_chain(&a.mgmtd, &[common::CHAIN_NODE], heartbeat(1)).await;
     a.mgmtd.heartbeat(heartbeat(2)).await.expect("heartbeat");
     // A dies; B takes over much later than the node's last heartbeat to A.
     b.clock.advance_ms(LEASE_TIMEOUT_MS * 3);

@@ -4,6 +4,8 @@
 //! refusals, rotate-last-serving, and shutdown-all-chains / start-all-chains
 //! (docs/design/operations.md).
 
+mod common;
+
 use std::sync::Arc;
 
 use r3fs_kv::{Kv, MemoryKv, RetryPolicy};
@@ -11,11 +13,11 @@ use r3fs_mgmtd::clock::ManualClock;
 use r3fs_mgmtd::error::MgmtdError;
 use r3fs_mgmtd::records::ResyncRecord;
 use r3fs_mgmtd::store::{
-    self, ChainsOutcome, HeartbeatSpec, RegisterSpec, ResyncProgress, TargetReport, TargetSpec,
+    self, ChainsOutcome, HeartbeatSpec, ResyncProgress, TargetReport, TargetSpec,
 };
 use r3fs_mgmtd::{Mgmtd, MgmtdOptions};
 use r3fs_rpc::mgmtd::{self as pb, PublicTargetState as P};
-use r3fs_types::{ChainId, ErrorCode, LocalTargetState as L, NodeId, NodeType, TargetId};
+use r3fs_types::{ChainId, ErrorCode, LocalTargetState as L, NodeId, TargetId};
 
 const START_MS: u64 = 1_700_000_000_000;
 
@@ -43,63 +45,41 @@ impl Cluster {
         let mgmtd = Mgmtd::new(kv, clock, options);
         mgmtd.lease_tick().await.expect("take the lease");
         let mut cluster = Cluster { mgmtd, versions: Default::default() };
-        for node in [10, 11] {
-            let spec = RegisterSpec {
-                node_id: NodeId(node),
-                node_type: NodeType::Storage,
-                hostname: format!("storage{node}"),
-                addresses: vec![("data/0".into(), format!("10.0.1.{node}:9000"))],
-                release_version: "test".into(),
-                config_version: 0,
-            };
-            cluster.mgmtd.register_node(spec).await.expect("register storage node");
-        }
-        // Chain 1 = [1, 2] on node 10, reported up to date before the upload (all serving).
-        let targets: Vec<TargetSpec> = (1..=2)
-            .map(|t| TargetSpec {
-                target_id: TargetId(t),
-                node_id: NodeId(10),
-                disk_index: 0,
-                chain_id: ChainId(1),
-            })
-            .collect();
-        cluster
-            .mgmtd
-            .write_routing(move |txn, ctx| {
-                let targets = targets.clone();
-                Box::pin(async move { store::create_targets(txn, ctx, &targets).await })
-            })
-            .await
-            .expect("create targets");
-        cluster.beat(10, &[(1, L::UpToDate), (2, L::UpToDate)], None).await.expect("heartbeat");
-        cluster
-            .mgmtd
-            .write_routing(|txn, ctx| {
-                Box::pin(async move {
-                    store::upload_chains(txn, ctx, &[(ChainId(1), vec![TargetId(1), TargetId(2)])])
-                        .await
-                })
-            })
-            .await
-            .expect("upload chain");
+        // Chain 1 = [1, 2] on node 10, reported up to date before the upload (all serving); node
+        // 11 is registered for targets added later. No chain yet, so the report's version is 0.
+        let report = cluster.heartbeat(10, &[(1, L::UpToDate), (2, L::UpToDate)], 0, None);
+        common::setup_chain(&cluster.mgmtd, &[10, 11], report).await;
         assert_eq!(cluster.chain().await, vec![(1, P::Serving), (2, P::Serving)]);
         cluster
     }
 
-    /// A heartbeat of `node` reporting `targets`, each claimed at the chain's current version;
-    /// `resync` goes on the report of the first target.
+    /// Sends a heartbeat of `node` reporting `targets`, each claimed at the chain's current
+    /// version; `resync` goes on the report of the first target.
     async fn beat(
         &mut self,
         node: u32,
         targets: &[(u64, L)],
         resync: Option<(u64, ResyncRecord)>,
     ) -> Result<store::HeartbeatOutcome, MgmtdError> {
+        let chain_version = self.chain_version().await;
+        let spec = self.heartbeat(node, targets, chain_version, resync);
+        self.mgmtd.heartbeat(spec).await
+    }
+
+    /// The next heartbeat of `node` (its version counted here), each target claimed at
+    /// `chain_version`; `resync` goes on the report of the first target.
+    fn heartbeat(
+        &mut self,
+        node: u32,
+        targets: &[(u64, L)],
+        chain_version: u32,
+        resync: Option<(u64, ResyncRecord)>,
+    ) -> HeartbeatSpec {
         let version = self.versions.entry(node).or_insert(0);
         *version += 1;
-        let chain_version = self.chain_version().await;
-        let spec = HeartbeatSpec {
+        HeartbeatSpec {
             node_id: NodeId(node),
-            heartbeat_version: *self.versions.get(&node).expect("set above"),
+            heartbeat_version: *version,
             config_version: 0,
             release_version: "test".into(),
             targets: targets
@@ -117,8 +97,7 @@ impl Cluster {
                     }),
                 })
                 .collect(),
-        };
-        self.mgmtd.heartbeat(spec).await
+        }
     }
 
     async fn routing(&self) -> pb::RoutingInfo {
@@ -323,16 +302,7 @@ async fn shutdown_freezes_the_chains_and_start_serves_without_resync() {
     c.beat(10, &[(1, L::Online), (2, L::Online)], None).await.expect("beat");
     assert_eq!(c.chain().await, vec![(1, P::LastServing), (2, P::LastServing)]);
     // Membership changes (and new chains, which would serve at once) wait for the start.
-    let upload = c
-        .mgmtd
-        .write_routing(|txn, ctx| {
-            Box::pin(async move {
-                store::upload_chains(txn, ctx, &[(ChainId(1), vec![TargetId(1), TargetId(2)])])
-                    .await
-            })
-        })
-        .await
-        .map(|(created, _)| created);
+    let upload = common::upload_chain(&c.mgmtd).await;
     for refused in [c.remove(2).await, c.add(3, 11).await, c.rotate(2).await, upload] {
         let (code, message) = refusal(refused);
         assert_eq!(code, ErrorCode::InvalidArgument);
