@@ -714,6 +714,21 @@ pub struct TargetSpec {
 }
 
 impl TargetSpec {
+    /// Refuses a spec with a zero id (0 is no node, target or chain): the one check and message
+    /// for create-targets and add-target-to-chain.
+    fn check_ids(&self) -> Result<()> {
+        if self.target_id.0 == 0 || self.node_id.0 == 0 || self.chain_id.0 == 0 {
+            return refused(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "node, target and chain ids must be non-zero (got node {}, target {}, chain {})",
+                    self.node_id, self.target_id, self.chain_id
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// The record of a target just created: offline until its daemon reports it.
     fn new_record(&self) -> TargetRecord {
         TargetRecord {
@@ -744,12 +759,7 @@ pub async fn create_targets(
     let mut seen = BTreeSet::new();
     let mut created = 0u32;
     for spec in specs {
-        if spec.target_id.0 == 0 || spec.node_id.0 == 0 || spec.chain_id.0 == 0 {
-            return refused(
-                ErrorCode::InvalidArgument,
-                format!("target {}: ids must be non-zero", spec.target_id),
-            );
-        }
+        spec.check_ids()?;
         if !seen.insert(spec.target_id) {
             return refused(
                 ErrorCode::InvalidArgument,
@@ -994,9 +1004,7 @@ pub async fn add_target_to_chain(
     spec: &TargetSpec,
 ) -> Result<(ChainState, u64)> {
     ctx.check(txn).await?;
-    if spec.target_id.0 == 0 || spec.node_id.0 == 0 || spec.chain_id.0 == 0 {
-        return refused(ErrorCode::InvalidArgument, "target, node and chain ids must be non-zero");
-    }
+    spec.check_ids()?;
     refuse_while_stopped(txn, "add-target-to-chain").await?;
     let chain = get_chain(txn, spec.chain_id).await?;
     match records::get::<NodeRecord>(txn, &keys::node(spec.node_id), Serializable).await? {

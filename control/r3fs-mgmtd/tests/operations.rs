@@ -329,3 +329,33 @@ async fn shutdown_freezes_the_chains_and_start_serves_without_resync() {
     c.beat(10, &[(1, L::Online), (2, L::UpToDate)], None).await.expect("beat");
     assert_eq!(c.chain().await, vec![(2, P::Serving), (1, P::Syncing)]);
 }
+
+/// create-targets and add-target-to-chain refuse a zero id with one check and one message.
+#[tokio::test]
+async fn zero_ids_are_refused_alike_by_create_targets_and_add_target_to_chain() {
+    let c = Cluster::new().await;
+    let spec = TargetSpec {
+        target_id: TargetId(0),
+        node_id: NodeId(11),
+        disk_index: 0,
+        chain_id: ChainId(1),
+    };
+    let created = c
+        .mgmtd
+        .write_routing(move |txn, ctx| {
+            Box::pin(async move { store::create_targets(txn, ctx, &[spec]).await })
+        })
+        .await
+        .map(|(created, _)| created);
+    let added = c.add(0, 11).await;
+    let expected =
+        "node, target and chain ids must be non-zero (got node N11, target T0, chain C1)";
+    for refused in [created, added] {
+        let (code, message) = refusal(refused);
+        assert_eq!(code, ErrorCode::InvalidArgument);
+        assert_eq!(message, expected);
+    }
+    let (_, message) = refusal(c.add(3, 0).await);
+    assert!(message.contains("got node N0, target T3"), "{message}");
+    assert_eq!(c.chain().await, vec![(1, P::Serving), (2, P::Serving)], "nothing changed");
+}
