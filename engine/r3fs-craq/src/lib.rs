@@ -38,9 +38,8 @@ pub use config::{ConfigError, ReplicaConfig};
 pub use dedup::{DedupCheck, DedupTable};
 pub use memory::MemoryChunkStore;
 pub use message::{
-    FetchedChunk, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
-    RefuseReason, ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome,
-    WriteRequest,
+    ChunkCopy, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
+    RefuseReason, ReplyToken, UpdateAck, UpdateRefused, WriteOk, WriteOutcome, WriteRequest,
 };
 pub use replica::{FenceReason, Input, Output, Replica, ReplicaStats, ResyncProgress};
 pub use routing::{CHAIN_TARGETS_MAX, ChainRouting, ChainTarget, RoutingError, View};

@@ -142,13 +142,22 @@ pub struct UpdateRefused {
     pub reason: RefuseReason,
 }
 
-/// Resync: the predecessor sets the successor's chunk to exactly its own committed state.
+/// One replica's committed copy of a chunk, sent whole to another replica of the chain. Two
+/// messages carry it:
+/// - [`PeerMessage::SyncChunk`] (resync, predecessor to successor): the successor sets its chunk
+///   to exactly this state. `state: None` means the predecessor has no record of the chunk, so the
+///   successor deletes it.
+/// - [`PeerMessage::FetchChunkReply`] (repair, answering [`PeerMessage::FetchChunk`]): the asker
+///   installs the copy only if it matches its own committed metadata exactly (version, length,
+///   CRC32C of the bytes), so the copy is verified twice, by the sender's store on read and by the
+///   receiver against the checksum it recorded when the version committed. `state: None` means
+///   the sender has no good copy (absent, removed, corrupt there too, or its store failed).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncChunk {
+pub struct ChunkCopy {
     pub chain: ChainId,
     pub chain_version: ChainVersion,
     pub chunk: ChunkId,
-    /// `None`: the predecessor has no record of the chunk; the successor deletes it.
+    /// The sender's committed state (see the type's note for what `None` means per message).
     pub state: Option<ChunkState>,
     pub data: Bytes,
     /// CRC32C of `data`.
@@ -179,8 +188,8 @@ pub enum PeerMessage {
         metas: Vec<ChunkMeta>,
         more: bool,
     },
-    /// Resync, predecessor to successor.
-    SyncChunk(SyncChunk),
+    /// Resync, predecessor to successor: set your chunk to this copy.
+    SyncChunk(ChunkCopy),
     /// Resync, successor to predecessor: the chunk now equals the sent state.
     SyncAck {
         chain: ChainId,
@@ -211,24 +220,7 @@ pub enum PeerMessage {
         chunk: ChunkId,
     },
     /// Repair: the sender's committed copy, read and verified by its store.
-    FetchChunkReply(FetchedChunk),
-}
-
-/// A replica's committed copy of one chunk, sent to repair a corrupted copy elsewhere. The
-/// receiver installs it only if it matches its own committed metadata exactly (version, length,
-/// CRC32C of the bytes): the copy is verified twice, by the sender's store on read and by the
-/// receiver against the checksum it recorded when the version committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchedChunk {
-    pub chain: ChainId,
-    pub chain_version: ChainVersion,
-    pub chunk: ChunkId,
-    /// The sender's committed state; `None` when it has no good copy (absent, removed, corrupt
-    /// there too, or its store failed).
-    pub state: Option<ChunkState>,
-    pub data: Bytes,
-    /// CRC32C of `data`.
-    pub checksum: u32,
+    FetchChunkReply(ChunkCopy),
 }
 
 impl PeerMessage {
@@ -237,8 +229,7 @@ impl PeerMessage {
             PeerMessage::Update(m) => m.chain,
             PeerMessage::Ack(m) => m.chain,
             PeerMessage::Refused(m) => m.chain,
-            PeerMessage::SyncChunk(m) => m.chain,
-            PeerMessage::FetchChunkReply(m) => m.chain,
+            PeerMessage::SyncChunk(m) | PeerMessage::FetchChunkReply(m) => m.chain,
             PeerMessage::DumpMetaRequest { chain, .. }
             | PeerMessage::DumpMetaReply { chain, .. }
             | PeerMessage::SyncAck { chain, .. }

@@ -10,9 +10,8 @@
 use crate::config::{ConfigError, ReplicaConfig};
 use crate::dedup::{DedupCheck, DedupTable};
 use crate::message::{
-    FetchedChunk, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
-    RefuseReason, ReplyToken, SyncChunk, UpdateAck, UpdateRefused, WriteOk, WriteOutcome,
-    WriteRequest,
+    ChunkCopy, ForwardedUpdate, PeerMessage, ReadOk, ReadOutcome, ReadRequest, Refusal,
+    RefuseReason, ReplyToken, UpdateAck, UpdateRefused, WriteOk, WriteOutcome, WriteRequest,
 };
 use crate::routing::{ChainRouting, View};
 use crate::rules::{self, ForwardDecision, HeadDecision, ReadDecision};
@@ -134,7 +133,7 @@ enum WorkKind {
     /// Head: roll forward a pending version no in-memory update owns.
     Resolve { from_scan: bool },
     /// Syncing target: set a chunk to the predecessor's committed state.
-    SyncApply { from: TargetId, sync: SyncChunk },
+    SyncApply { from: TargetId, sync: ChunkCopy },
     /// Predecessor: send this chunk's committed state to the syncing successor.
     SyncTransfer { resync_id: u64 },
     /// Any replica: the committed copy failed its checksum; fetch a good one from a chain peer.
@@ -160,7 +159,7 @@ enum Phase {
     AwaitSyncAck {
         to: TargetId,
         resend_at_ms: u64,
-        message: SyncChunk,
+        message: ChunkCopy,
     },
     /// Repair: asked `from` for its committed copy (attempt number `attempt`, counted over
     /// every peer asked).
@@ -1582,7 +1581,7 @@ impl Replica {
 
     // ----- resync: this replica as the syncing target -----
 
-    fn on_sync_chunk(&mut self, from: TargetId, sync: SyncChunk) {
+    fn on_sync_chunk(&mut self, from: TargetId, sync: ChunkCopy) {
         let refuse = |this: &mut Self, reason: RefuseReason| {
             let message = PeerMessage::SyncRefused {
                 chain: this.chain,
@@ -1908,7 +1907,7 @@ impl Replica {
         };
         // The state as of now (not as listed): the chunk may have changed since the listing.
         let state = (meta.committed.version.0 > 0).then_some(meta.committed);
-        let message = SyncChunk {
+        let message = ChunkCopy {
             chain: self.chain,
             chain_version: r.chain_version,
             chunk,
@@ -2039,7 +2038,7 @@ impl Replica {
         self.send(from, PeerMessage::FetchChunk { chain, chain_version, chunk });
     }
 
-    fn on_fetch_reply(&mut self, from: TargetId, fetched: FetchedChunk) {
+    fn on_fetch_reply(&mut self, from: TargetId, fetched: ChunkCopy) {
         let chunk = fetched.chunk;
         let target = self.target;
         let Some(active) = self.active_mut(chunk) else { return };
@@ -2147,7 +2146,7 @@ impl Replica {
         };
         // Verified above: the bytes' CRC32C is the committed one.
         let checksum = state.map_or(0, |s| s.checksum);
-        let message = FetchedChunk {
+        let message = ChunkCopy {
             chain: self.chain,
             chain_version: self.chain_version(),
             chunk,

@@ -328,7 +328,7 @@ fn a_peer_copy_that_does_not_match_the_committed_metadata_is_never_installed() {
     };
     assert_eq!((from, to), (target(2), target(1)));
     let state = m.nodes[&target(1)].1.meta(c).expect("meta").committed;
-    let forged = r3fs_craq::FetchedChunk {
+    let forged = r3fs_craq::ChunkCopy {
         chain,
         chain_version,
         chunk: c,

@@ -29,8 +29,8 @@
 
 use bytes::Bytes;
 use r3fs_craq::{
-    ChunkMeta, ChunkState, Digest, FetchedChunk, ForwardedUpdate, PeerMessage, RefuseReason,
-    SyncChunk, Update, UpdateAck, UpdateRefused, UpdateTag,
+    ChunkCopy, ChunkMeta, ChunkState, Digest, ForwardedUpdate, PeerMessage, RefuseReason, Update,
+    UpdateAck, UpdateRefused, UpdateTag,
 };
 use r3fs_types::{ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, ErrorCode, TargetId};
 
@@ -131,6 +131,14 @@ impl W {
             self.state(s);
         }
     }
+    /// A chunk copy's fields; its data travels as the frame's payload, returned here.
+    fn chunk_copy(&mut self, c: &ChunkCopy) -> Bytes {
+        self.chain(c.chain, c.chain_version);
+        self.chunk(c.chunk);
+        self.opt_state(c.state.as_ref());
+        self.u32(c.checksum);
+        c.data.clone()
+    }
     fn reason(&mut self, reason: RefuseReason) {
         let (code, arg) = match reason {
             RefuseReason::StaleChainVersion => (1, 0),
@@ -217,6 +225,18 @@ impl<'a> R<'a> {
     }
     fn opt_state(&mut self) -> Res<Option<ChunkState>> {
         if self.bool()? { Ok(Some(self.state()?)) } else { Ok(None) }
+    }
+    /// A chunk copy whose data is the frame's `payload`.
+    fn chunk_copy(&mut self, payload: Bytes) -> Res<ChunkCopy> {
+        let (chain, chain_version) = self.chain()?;
+        Ok(ChunkCopy {
+            chain,
+            chain_version,
+            chunk: self.chunk()?,
+            state: self.opt_state()?,
+            checksum: self.u32()?,
+            data: payload,
+        })
     }
     fn reason(&mut self) -> Res<RefuseReason> {
         let code = self.u8()?;
@@ -320,13 +340,7 @@ pub fn encode(
             }
             (KIND_DUMP_META_REPLY, Bytes::new(), 0)
         }
-        PeerMessage::SyncChunk(s) => {
-            w.chain(s.chain, s.chain_version);
-            w.chunk(s.chunk);
-            w.opt_state(s.state.as_ref());
-            w.u32(s.checksum);
-            (KIND_SYNC_CHUNK, s.data.clone(), s.checksum)
-        }
+        PeerMessage::SyncChunk(c) => (KIND_SYNC_CHUNK, w.chunk_copy(c), c.checksum),
         PeerMessage::SyncAck { chain, chain_version, chunk } => {
             w.chain(*chain, *chain_version);
             w.chunk(*chunk);
@@ -351,13 +365,7 @@ pub fn encode(
             w.chunk(*chunk);
             (KIND_FETCH_CHUNK, Bytes::new(), 0)
         }
-        PeerMessage::FetchChunkReply(f) => {
-            w.chain(f.chain, f.chain_version);
-            w.chunk(f.chunk);
-            w.opt_state(f.state.as_ref());
-            w.u32(f.checksum);
-            (KIND_FETCH_CHUNK_REPLY, f.data.clone(), f.checksum)
-        }
+        PeerMessage::FetchChunkReply(c) => (KIND_FETCH_CHUNK_REPLY, w.chunk_copy(c), c.checksum),
     };
     let header = w.0;
     let header_len =
@@ -559,17 +567,7 @@ impl PeerHead {
                 }
                 PeerMessage::DumpMetaReply { chain, chain_version, after, metas, more }
             }
-            KIND_SYNC_CHUNK => {
-                let (chain, chain_version) = r.chain()?;
-                PeerMessage::SyncChunk(SyncChunk {
-                    chain,
-                    chain_version,
-                    chunk: r.chunk()?,
-                    state: r.opt_state()?,
-                    checksum: r.u32()?,
-                    data: payload,
-                })
-            }
+            KIND_SYNC_CHUNK => PeerMessage::SyncChunk(r.chunk_copy(payload)?),
             KIND_SYNC_ACK => {
                 no_payload(&payload)?;
                 let (chain, chain_version) = r.chain()?;
@@ -600,17 +598,7 @@ impl PeerHead {
                 let (chain, chain_version) = r.chain()?;
                 PeerMessage::FetchChunk { chain, chain_version, chunk: r.chunk()? }
             }
-            KIND_FETCH_CHUNK_REPLY => {
-                let (chain, chain_version) = r.chain()?;
-                PeerMessage::FetchChunkReply(FetchedChunk {
-                    chain,
-                    chain_version,
-                    chunk: r.chunk()?,
-                    state: r.opt_state()?,
-                    checksum: r.u32()?,
-                    data: payload,
-                })
-            }
+            KIND_FETCH_CHUNK_REPLY => PeerMessage::FetchChunkReply(r.chunk_copy(payload)?),
             other => return Err(PeerFrameError::Kind(other)),
         };
         r.finish()?;
@@ -717,7 +705,7 @@ mod tests {
             ],
             more: true,
         });
-        round_trip(PeerMessage::SyncChunk(SyncChunk {
+        round_trip(PeerMessage::SyncChunk(ChunkCopy {
             chain: c,
             chain_version: v,
             chunk: chunk(),
@@ -726,7 +714,7 @@ mod tests {
             data: data.clone(),
         }));
         round_trip(PeerMessage::FetchChunk { chain: c, chain_version: v, chunk: chunk() });
-        round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
+        round_trip(PeerMessage::FetchChunkReply(ChunkCopy {
             chain: c,
             chain_version: v,
             chunk: chunk(),
@@ -734,7 +722,7 @@ mod tests {
             checksum: crc32c::crc32c(&data),
             data,
         }));
-        round_trip(PeerMessage::FetchChunkReply(FetchedChunk {
+        round_trip(PeerMessage::FetchChunkReply(ChunkCopy {
             chain: c,
             chain_version: v,
             chunk: chunk(),
@@ -766,7 +754,7 @@ mod tests {
     #[test]
     fn corruption_is_detected() {
         let data = Bytes::from_static(b"payload!");
-        let message = PeerMessage::SyncChunk(SyncChunk {
+        let message = PeerMessage::SyncChunk(ChunkCopy {
             chain: ChainId(1),
             chain_version: ChainVersion(1),
             chunk: chunk(),
