@@ -65,6 +65,9 @@ struct Args {
     /// IO memory registered by the store's executor (glommio's buffer arena).
     #[arg(long, default_value_t = 96)]
     io_memory_mib: u64,
+    /// The store's `write_inflight_bytes_max` in KiB (default: the store's default).
+    #[arg(long)]
+    write_inflight_kib: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -170,9 +173,13 @@ async fn store_figures(args: Rc<Args>, payload: Rc<Vec<u8>>) -> Result<Figures> 
     let _ = std::fs::remove_dir_all(&dir);
     let device_config = DmaDeviceConfig { io_memory_bytes: args.io_memory_mib << 20 };
     let device = DmaDevice::open(&dir, &device_config).await?;
+    let defaults = StoreConfig::default();
     let config = StoreConfig {
         capacity_bytes: (args.size_mib << 20) * 2 + (1 << 30),
-        ..StoreConfig::default()
+        write_inflight_bytes_max: args
+            .write_inflight_kib
+            .map_or(defaults.write_inflight_bytes_max, |kib| kib << 10),
+        ..defaults
     };
     let (store, flusher) = ChunkStore::open(device, config).await?;
     glommio::spawn_local(flusher.run()).detach();

@@ -21,6 +21,10 @@ pub struct StoreConfig {
     pub commit_batch_records_max: u32,
     /// A class file grows by at most this many bytes at a time.
     pub grow_bytes_max: u64,
+    /// Chunk-data bytes written to the device at once; more wait in the store, in arrival
+    /// order (`gate.rs`). Just enough to keep the disk busy: what is queued beyond that only
+    /// delays the log writes and syncs that every update waits for. A larger write goes alone.
+    pub write_inflight_bytes_max: u64,
 }
 
 impl Default for StoreConfig {
@@ -32,6 +36,7 @@ impl Default for StoreConfig {
             log_extent_bytes: 4 << 20,
             commit_batch_records_max: 4096,
             grow_bytes_max: 256 << 20,
+            write_inflight_bytes_max: 8 << 20,
         }
     }
 }
@@ -88,6 +93,12 @@ impl StoreConfig {
         if self.grow_bytes_max == 0 {
             errors.push("grow_bytes_max must be positive".to_string());
         }
+        if self.write_inflight_bytes_max < UNIT_BYTES as u64 {
+            errors.push(format!(
+                "write_inflight_bytes_max ({}) must be at least {UNIT_BYTES}",
+                self.write_inflight_bytes_max
+            ));
+        }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }
@@ -104,9 +115,10 @@ mod tests {
             log_extent_bytes: 100,
             commit_batch_records_max: 0,
             grow_bytes_max: 0,
+            write_inflight_bytes_max: 0,
             ..StoreConfig::default()
         };
-        assert_eq!(bad.validate().unwrap_err().len(), 4);
+        assert_eq!(bad.validate().unwrap_err().len(), 5);
         let parsed: StoreConfig = serde_json::from_str("{\"capacity_bytes\": 2}").unwrap();
         assert_eq!(parsed.capacity_bytes, 2);
         assert_eq!(parsed.log_extent_bytes, StoreConfig::default().log_extent_bytes);

@@ -41,6 +41,7 @@ pub mod device;
 pub mod dma;
 pub mod error;
 pub mod format;
+mod gate;
 mod hash;
 mod journal;
 pub mod mem;

@@ -16,6 +16,7 @@ use crate::format::{
     EntryState, RECORD_BYTES, Record, SizeClass, Staged, Tombstone, UNIT_BYTES, UnitKey, align_up,
     pages_for_units, units_for,
 };
+use crate::gate::WriteGate;
 use crate::journal::{self, CheckpointWriter, Durable, LogTail, ReplayError};
 use futures::future::poll_fn;
 use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
@@ -524,6 +525,8 @@ struct Shared<D: Device> {
     device: D,
     files: Vec<D::File>,
     config: StoreConfig,
+    /// Admits chunk-data writes to the device (`config.write_inflight_bytes_max`).
+    write_gate: WriteGate,
     inner: RefCell<Inner<D>>,
     /// Live [`ChunkStore`] handles.
     handles: std::cell::Cell<usize>,
@@ -985,6 +988,7 @@ impl<D: Device> ChunkStore<D> {
         let shared = Rc::new(Shared {
             device,
             files,
+            write_gate: WriteGate::new(config.write_inflight_bytes_max),
             config,
             inner: RefCell::new(inner),
             handles: std::cell::Cell::new(0),
@@ -1575,12 +1579,15 @@ impl<D: Device> ChunkStore<D> {
         let mut header_buf = self.shared.device.alloc_buf(header.len());
         header_buf.as_mut().copy_from_slice(&header);
         let file = self.shared.file(class);
+        let permit =
+            self.shared.write_gate.admit((data.as_ref().len() + header.len()) as u64).await;
         guard.io_in_flight = true;
         let (data_written, header_written) = futures::join!(
             file.write_at(data, addr.unit_offset(0)),
             file.write_at(header_buf, addr.header_page_offset(0))
         );
         guard.io_in_flight = false;
+        drop(permit);
         data_written.map_err(StoreError::io("writing chunk data"))?;
         header_written.map_err(StoreError::io("writing a block header"))?;
         let flushes_device = self.shared.device.sync_flushes_device();
@@ -1664,6 +1671,10 @@ impl<D: Device> ChunkStore<D> {
             zeros.as_mut().fill(0);
             zeros
         });
+        let write_bytes = header_buf.as_ref().len()
+            + hole.as_ref().map_or(0, |z| z.as_ref().len())
+            + payload.as_ref().map_or(0, |p| p.buf.as_ref().len());
+        let permit = self.shared.write_gate.admit(write_bytes as u64).await;
         guard.in_place = Some(block);
         guard.io_in_flight = true;
         let write_hole = async {
@@ -1688,6 +1699,7 @@ impl<D: Device> ChunkStore<D> {
             file.write_at(header_buf, block.header_page_offset(first_page))
         );
         guard.io_in_flight = false;
+        drop(permit);
         hole_written.map_err(StoreError::io("writing chunk data"))?;
         payload_written.map_err(StoreError::io("writing chunk data"))?;
         header_written.map_err(StoreError::io("writing a block header"))?;

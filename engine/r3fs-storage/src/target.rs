@@ -489,6 +489,7 @@ mod tests {
             log_extent_bytes: 1 << 20,
             commit_batch_records_max: 64,
             grow_bytes_max: 16 << 20,
+            write_inflight_bytes_max: 2 << 20,
         }
     }
 

@@ -22,6 +22,8 @@ pub fn small_config() -> StoreConfig {
         log_extent_bytes: 64 << 10,
         commit_batch_records_max: 256,
         grow_bytes_max: 1 << 20,
+        // Below the tests' chunk sizes: concurrent writes queue at the gate.
+        write_inflight_bytes_max: 256 << 10,
     }
 }
 
