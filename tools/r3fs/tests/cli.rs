@@ -241,6 +241,18 @@ fn init_cluster_prints_the_token_once_and_tokens_are_checked() {
     // The token file works like --token.
     let token_file = mgmtd.dir.path().join("admin.token");
     let out = ok(address, &["--token-file", path(&token_file), "list-nodes"]);
+
+    // Ids are checked by mgmtd, one message for both commands that place a target.
+    let ids = ["--node-id", "0", "--disk-index", "0", "--target-id", "7", "--chain-id", "1"];
+    for command in ["create-target", "add-target-to-chain"] {
+        let args: Vec<&str> =
+            ["--token-file", path(&token_file), command].into_iter().chain(ids).collect();
+        let error = fails(Some(address), &args);
+        assert!(
+            error.contains("node, target and chain ids must be non-zero (got node N0, target T7"),
+            "{command}: {error}"
+        );
+    }
     let header = out.lines().next().expect("header");
     for column in [
         "Id",

@@ -5,7 +5,7 @@
 
 use super::ctx::Ctx;
 use super::view::ChainView;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use r3fs_rpc::{admin, mgmtd as pb};
 use serde::Serialize;
@@ -90,9 +90,6 @@ pub async fn remove_target(ctx: &Ctx, args: RemoveTargetArgs) -> anyhow::Result<
 }
 
 pub async fn add_target_to_chain(ctx: &Ctx, args: AddTargetToChainArgs) -> anyhow::Result<()> {
-    if args.node_id == 0 || args.target_id == 0 || args.chain_id == 0 {
-        bail!("node, target and chain ids must be non-zero");
-    }
     let mgmtd = ctx.client()?;
     let response = mgmtd
         .client

@@ -2,7 +2,7 @@
 
 use super::ctx::{Ctx, read_input_file};
 use super::view::{ChainView, ResyncView, TargetView, local_state_name, public_state_name};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use r3fs::files::{self, TargetSpec};
 use r3fs::output::Table;
@@ -204,9 +204,6 @@ async fn send_targets(ctx: &Ctx, targets: &[TargetSpec], source: &str) -> anyhow
 }
 
 pub async fn create_target(ctx: &Ctx, args: CreateTargetArgs) -> anyhow::Result<()> {
-    if args.node_id == 0 || args.target_id == 0 || args.chain_id == 0 {
-        bail!("node, target and chain ids must be non-zero");
-    }
     let target = TargetSpec {
         target_id: TargetId(args.target_id),
         node_id: NodeId(args.node_id),
