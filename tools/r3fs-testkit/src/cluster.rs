@@ -109,6 +109,10 @@ pub struct ClusterBuilder {
     meta: Option<MetaAuth>,
     fuse: bool,
     overrides: BTreeMap<Role, Vec<String>>,
+    /// Per storage node: TOML merged after the role's overrides.
+    node_overrides: BTreeMap<u32, Vec<String>>,
+    /// Per storage node: its target path, when not `<dir>/node<n>-disk0`.
+    disks: BTreeMap<u32, PathBuf>,
     log_filters: BTreeMap<Role, String>,
     binaries: BTreeMap<Role, PathBuf>,
 }
@@ -186,6 +190,21 @@ impl ClusterBuilder {
         self
     }
 
+    /// TOML merged into the config of storage node `node` only, after the role's overrides:
+    /// what differs per daemon (a metrics port, a listen host). May be given several times.
+    pub fn storage_config(mut self, node: u32, toml: &str) -> Self {
+        self.node_overrides.entry(node).or_default().push(toml.to_string());
+        self
+    }
+
+    /// Storage node `node` keeps its targets under `path` (an existing directory, e.g. a small
+    /// loop-mounted file system a test fills) instead of `<dir>/node<n>-disk0`;
+    /// [`Cluster::storage_disk`] returns it.
+    pub fn storage_disk(mut self, node: u32, path: impl Into<PathBuf>) -> Self {
+        self.disks.insert(node, path.into());
+        self
+    }
+
     /// `RUST_LOG` of the daemons of `role` ["info"].
     pub fn log(mut self, role: Role, filter: &str) -> Self {
         self.log_filters.insert(role, filter.to_string());
@@ -246,7 +265,7 @@ impl ClusterBuilder {
         let mut pending = Vec::new();
         for &node in &nodes {
             // Cluster::storage_disk names the same directory.
-            let disk = dir.path().join(format!("node{node}-disk0"));
+            let disk = self.disk(dir.path(), node);
             std::fs::create_dir_all(&disk).expect("create the storage disk directory");
             let text = format!(
                 "node_id = {node}\ntarget_paths = [\"{disk}\"]\ntargets_per_path = {per_path}\n\
@@ -264,7 +283,14 @@ impl ClusterBuilder {
                 capacity = self.target_capacity_bytes,
             );
             let name = format!("storage{node}");
-            let config = self.write_config(dir.path(), Role::Storage, &name, &[&text]);
+            let node_overrides = self.node_overrides.get(&node).map(Vec::as_slice);
+            let config = self.write_config_then(
+                dir.path(),
+                Role::Storage,
+                &name,
+                &[&text],
+                node_overrides.unwrap_or_default(),
+            );
             let daemon = Daemon::spawn_unready(
                 format!("r3fs-storage-{node}"),
                 self.command(Role::Storage, config, Vec::new()),
@@ -353,26 +379,49 @@ impl ClusterBuilder {
         cluster
     }
 
+    /// Where storage node `node` keeps its targets.
+    fn disk(&self, dir: &Path, node: u32) -> PathBuf {
+        self.disks.get(&node).cloned().unwrap_or_else(|| dir.join(format!("node{node}-disk0")))
+    }
+
     fn check(&self) {
         assert!(self.storage_nodes >= 1, "a cluster needs a storage daemon");
         assert!(
             FIRST_STORAGE_NODE + self.storage_nodes <= 100,
             "target ids are chain * 100 + node: at most 98 storage nodes"
         );
+        // With chains(0) the test places its own chains: the replication setting is unused.
         assert!(
-            (1..=self.storage_nodes).contains(&self.replication),
+            self.chains == 0 || (1..=self.storage_nodes).contains(&self.replication),
             "replication {} needs 1..={} storage nodes",
             self.replication,
             self.storage_nodes
         );
+        let nodes = FIRST_STORAGE_NODE..FIRST_STORAGE_NODE + self.storage_nodes;
+        for node in self.node_overrides.keys().chain(self.disks.keys()) {
+            assert!(nodes.contains(node), "storage node {node} is not one of {nodes:?}");
+        }
         assert!(self.meta.is_none() || self.chains > 0, "meta's root layout needs chains");
         assert!(!self.fuse || self.meta.is_some(), "the FUSE mount needs meta");
     }
 
     fn write_config(&self, dir: &Path, role: Role, name: &str, base: &[&str]) -> PathBuf {
+        self.write_config_then(dir, role, name, base, &[])
+    }
+
+    /// `base`, then the role's overrides, then `last` (one daemon's own overrides).
+    fn write_config_then(
+        &self,
+        dir: &Path,
+        role: Role,
+        name: &str,
+        base: &[&str],
+        last: &[String],
+    ) -> PathBuf {
         let mut table = toml::Table::new();
         let overrides = self.overrides.get(&role).map(Vec::as_slice).unwrap_or_default();
-        for text in base.iter().copied().chain(overrides.iter().map(String::as_str)) {
+        let texts = base.iter().copied().chain(overrides.iter().chain(last).map(String::as_str));
+        for text in texts {
             let part: toml::Table = text
                 .parse()
                 .unwrap_or_else(|e| panic!("{name} config fragment is not TOML ({e}):\n{text}"));
@@ -606,6 +655,8 @@ impl Cluster {
             meta: None,
             fuse: false,
             overrides: BTreeMap::new(),
+            node_overrides: BTreeMap::new(),
+            disks: BTreeMap::new(),
             log_filters: BTreeMap::new(),
             binaries: BTreeMap::new(),
         }
@@ -675,7 +726,7 @@ impl Cluster {
 
     /// The directory holding the targets of storage node `node` (its `target_paths[0]`).
     pub fn storage_disk(&self, node: u32) -> PathBuf {
-        self.dir().join(format!("node{node}-disk0"))
+        self.settings.disk(self.dir(), node)
     }
 
     /// meta's daemon. Panics if the cluster runs no meta.

@@ -14,6 +14,9 @@ async fn public_state(cluster: &Cluster, target: u64) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_cluster_boots_survives_a_kill_and_a_mgmtd_restart_and_stops_cleanly() {
+    // A disk the test chose for node 2 (as a test that fills a small file system does).
+    let own_disk_root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let own_disk = own_disk_root.path().join("disk");
     let mut builder = Cluster::builder("testkit-test")
         .storage_nodes(2)
         .replication(2)
@@ -21,7 +24,9 @@ async fn a_small_cluster_boots_survives_a_kill_and_a_mgmtd_restart_and_stops_cle
         .mgmtd_kv_on_disk()
         .meta(MetaAuth::Mgmtd)
         .config(Role::Mgmtd, "heartbeat_timeout_ms = 1500")
-        .config(Role::Storage, "[store]\ncapacity_bytes = 134217728");
+        .config(Role::Storage, "[store]\ncapacity_bytes = 134217728")
+        .storage_config(3, "tick_interval_ms = 20")
+        .storage_disk(2, &own_disk);
     let fuse = fuse_unavailable();
     match &fuse {
         None => builder = builder.fuse(),
@@ -39,11 +44,21 @@ async fn a_small_cluster_boots_survives_a_kill_and_a_mgmtd_restart_and_stops_cle
         std::fs::read_to_string(cluster.storage(2).config_path()).expect("read a storage config");
     assert!(storage_config.contains("capacity_bytes = 134217728"), "{storage_config}");
     assert!(storage_config.contains("log_extent_bytes = 1048576"), "{storage_config}");
+    assert!(storage_config.contains("tick_interval_ms = 10"), "{storage_config}");
+    assert!(storage_config.contains(&format!("{}", own_disk.display())), "{storage_config}");
+    // Node 3's own override, over the role's.
+    let node3_config =
+        std::fs::read_to_string(cluster.storage(3).config_path()).expect("read node 3's config");
+    assert!(node3_config.contains("tick_interval_ms = 20"), "{node3_config}");
+    assert!(node3_config.contains("capacity_bytes = 134217728"), "{node3_config}");
+    assert_eq!(cluster.storage_disk(2), own_disk);
+    assert_eq!(cluster.storage_disk(3), cluster.dir().join("node3-disk0"));
 
     // Placement: node ids from 2, chain 1 headed on the first node, targets chain * 100 + node.
     assert_eq!(cluster.storage_nodes(), &[2, 3]);
     assert_eq!(cluster.chain_ids(), vec![1]);
     assert_eq!(cluster.chain_targets(1), vec![102, 103]);
+    assert!(own_disk.join("target-102").is_dir(), "node 2 keeps its target on its own disk");
     let routing = cluster.admin().get_routing_info(0, std::time::Duration::ZERO).await;
     let routing = routing.expect("routing info").expect("a routing version");
     let chain = routing.chains.iter().find(|c| c.chain_id == 1).expect("chain 1 in the routing");
