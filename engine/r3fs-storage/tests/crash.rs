@@ -36,11 +36,8 @@ fn apply(content: &mut Vec<u8>, offset: usize, data: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let mgmtd = start_mgmtd();
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
-    let mut storage = start_storage(2, root.path(), &mgmtd.address, &token);
-    let routing = create_chain(&admin, CHAIN, &[(101, 2)]).await;
+    let mut cluster = storage_cluster(1).start().await;
+    let routing = start_chain(&mut cluster, CHAIN, &[(101, 2)]).await;
     let version = routing.chains[&ChainId(CHAIN)].chain_version;
     let address = routing.address_of(TargetId(101)).expect("address");
 
@@ -73,7 +70,7 @@ async fn acknowledged_writes_survive_sigkill() {
             acks.load(Ordering::SeqCst) >= ACKS_BEFORE_KILL
         });
     assert!(killed, "the writer made no progress");
-    storage.proc.kill9();
+    cluster.kill9_storage(2);
     let model = tokio::time::timeout(Duration::from_secs(30), writer)
         .await
         .expect("writer stops")
@@ -85,8 +82,8 @@ async fn acknowledged_writes_survive_sigkill() {
         model.in_flight.is_some()
     );
 
-    storage.restart();
-    let routing = wait_serving(&admin, CHAIN, vec![TargetId(101)]).await;
+    cluster.restart_storage(2);
+    let routing = wait_serving(cluster.admin(), CHAIN, vec![TargetId(101)]).await;
     let address = routing.address_of(TargetId(101)).expect("address after restart");
     let mut client = DataClient::connect(address).await.expect("reconnect");
     for index in 0..CHUNKS {
@@ -111,5 +108,6 @@ async fn acknowledged_writes_survive_sigkill() {
             "chunk {chunk}: neither the acknowledged nor the next state"
         );
     }
-    assert!(storage.proc.terminate(Duration::from_secs(20)), "clean stop after the restart");
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "no clean stop after the restart: {problems:?}");
 }

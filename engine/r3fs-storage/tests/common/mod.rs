@@ -11,6 +11,7 @@ use r3fs_rpc::admin;
 use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
 use r3fs_storage::client::DataClient;
 use r3fs_storage::routing::RoutingSnapshot;
+use r3fs_testkit::cluster::{Cluster, ClusterBuilder, Role};
 use r3fs_testkit::{Proc, binary, free_port};
 use r3fs_types::{
     ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, LocalTargetState, PublicTargetState,
@@ -36,6 +37,32 @@ impl Mgmtd {
     pub fn from_parts(proc: Proc, address: String) -> Mgmtd {
         Mgmtd { proc, address, _dir: tempfile::tempdir().expect("mgmtd temp dir") }
     }
+}
+
+/// The suite's cluster: `nodes` storage daemons (node ids `2..2+nodes`) of this package's
+/// binary, no chain yet (each test makes its own with [`start_chain`]). mgmtd declares a daemon
+/// dead after 1.5 s without a heartbeat (so daemons fence after 0.75 s); storage logs at debug
+/// (the resync test reads the progress lines), drains 3 s on SIGTERM, 1 GiB per target.
+pub fn storage_cluster(nodes: u32) -> ClusterBuilder {
+    Cluster::builder("test")
+        .storage_nodes(nodes)
+        .chains(0)
+        .target_capacity(1 << 30)
+        .config(Role::Mgmtd, "heartbeat_timeout_ms = 1500")
+        .config(Role::Storage, "shutdown_drain_ms = 3000")
+        .log(Role::Storage, "info,r3fs_storage=debug")
+        .binary(Role::Storage, env!("CARGO_BIN_EXE_r3fs-storage"))
+}
+
+/// Creates chain `chain` of `members` ((target id, node id), head first) and waits until every
+/// member serves and mgmtd's routing (what clients act on) says so, with every address.
+pub async fn start_chain(
+    cluster: &mut Cluster,
+    chain: u32,
+    members: &[(u64, u32)],
+) -> RoutingSnapshot {
+    cluster.create_chain(chain, members).await;
+    wait_serving(cluster.admin(), chain, members.iter().map(|m| TargetId(m.0)).collect()).await
 }
 
 pub fn start_mgmtd() -> Mgmtd {
