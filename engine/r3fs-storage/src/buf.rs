@@ -1,28 +1,25 @@
-//! Page-aligned payload buffers: a frame's payload is read from the socket straight into one,
-//! then shared as `Bytes` (forwarded to the successor, checked, staged) without another copy on
-//! the network path.
+//! Payload buffers.
 //!
-//! Payload buffers are recycled per thread ([`AlignedBuf::for_payload`]): allocating a fresh
-//! 4 MiB buffer per request cost the daemon more than half its CPU in page faults, zeroing and
-//! `munmap` (measured with `perf record` on the datapath benchmark). A shard's executor thread
-//! keeps up to [`POOL_BYTES_MAX`] of released buffers and hands them out again.
+//! A frame's payload is read from the socket straight into pooled DMA memory
+//! ([`r3fs_chunk::dma::PayloadBuf`], see [`read_payload_into`]) and shared as `Bytes` (forwarded
+//! to the successor, checked, staged) without a copy. When the chunk store asks its device for
+//! the buffer to write that payload from, [`PayloadDevice::adopting`] hands it the payload's own
+//! memory: the bytes that arrived from the network are the bytes the disk write reads, and the
+//! memory goes back to the shard's pool afterwards (docs/design/storage-daemon.md, "Payload
+//! memory").
+//!
+//! [`AlignedBuf`] remains for small page-aligned scratch buffers (the O_DIRECT probe).
 
 use bytes::Bytes;
+use r3fs_chunk::Device;
+use r3fs_chunk::dma::{DmaDevice, PayloadBuf};
+use r3fs_chunk::mem::MemDevice;
 use std::alloc::{Layout, alloc, dealloc, handle_alloc_error};
-use std::cell::RefCell;
 use std::ptr::NonNull;
 
 /// Alignment of payload buffers: the O_DIRECT unit, so a device that accepts foreign buffers can
 /// write them as they are.
 pub const PAYLOAD_ALIGN: usize = 4096;
-
-/// Payloads at least this large take pooled buffers; smaller ones are cheap to allocate.
-pub const POOLED_BYTES_MIN: usize = 64 << 10;
-
-/// Released buffers a thread keeps for reuse, in bytes.
-pub const POOL_BYTES_MAX: usize = 64 << 20;
-
-const _: () = assert!(POOLED_BYTES_MIN.is_power_of_two() && POOLED_BYTES_MIN >= PAYLOAD_ALIGN);
 
 /// An owned, initialised, page-aligned byte buffer.
 #[derive(Debug)]
@@ -36,25 +33,6 @@ pub struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 // SAFETY: shared references only read the bytes.
 unsafe impl Sync for AlignedBuf {}
-
-/// Released allocations of one thread, by size (each size a power of two).
-struct Pool {
-    free: Vec<(NonNull<u8>, Layout)>,
-    bytes: usize,
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        for (ptr, layout) in self.free.drain(..) {
-            // SAFETY: each entry was allocated with its layout and is owned by the pool only.
-            unsafe { dealloc(ptr.as_ptr(), layout) };
-        }
-    }
-}
-
-thread_local! {
-    static POOL: RefCell<Pool> = const { RefCell::new(Pool { free: Vec::new(), bytes: 0 }) };
-}
 
 fn layout_of(size: usize) -> Layout {
     match Layout::from_size_align(size, PAYLOAD_ALIGN) {
@@ -81,25 +59,6 @@ impl AlignedBuf {
         AlignedBuf { ptr: allocate_zeroed(layout), len, layout }
     }
 
-    /// A buffer of `len` bytes for a payload the caller overwrites completely before anyone reads
-    /// it: recycled from this thread's pool when one fits (its bytes are a previous payload's),
-    /// otherwise fresh and zeroed. Returned to the pool when the last `Bytes` view drops.
-    pub fn for_payload(len: usize) -> AlignedBuf {
-        if len < POOLED_BYTES_MIN {
-            return AlignedBuf::zeroed(len);
-        }
-        let layout = layout_of(len.next_power_of_two());
-        let reused = POOL.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let index = pool.free.iter().position(|(_, l)| *l == layout)?;
-            let (ptr, _) = pool.free.swap_remove(index);
-            pool.bytes -= layout.size();
-            Some(ptr)
-        });
-        let ptr = reused.ok().flatten().unwrap_or_else(|| allocate_zeroed(layout));
-        AlignedBuf { ptr, len, layout }
-    }
-
     pub fn into_bytes(self) -> Bytes {
         Bytes::from_owner(self)
     }
@@ -121,26 +80,46 @@ impl AsMut<[u8]> for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let (ptr, layout) = (self.ptr, self.layout);
-        if layout.size() >= POOLED_BYTES_MIN && layout.size().is_power_of_two() {
-            // Keep it for the next payload of this thread unless the pool is full (or the
-            // thread is exiting and its pool is gone).
-            let kept = POOL.try_with(|pool| {
-                let mut pool = pool.borrow_mut();
-                if pool.bytes + layout.size() > POOL_BYTES_MAX {
-                    return false;
-                }
-                pool.bytes += layout.size();
-                pool.free.push((ptr, layout));
-                true
-            });
-            if kept == Ok(true) {
-                return;
-            }
-        }
-        // SAFETY: allocated with exactly this layout, freed once (not kept by the pool).
-        unsafe { dealloc(ptr.as_ptr(), layout) };
+        // SAFETY: allocated with exactly this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
     }
+}
+
+/// A device whose buffers can be a received payload's own memory.
+pub trait PayloadDevice: Device {
+    /// Runs `alloc` (which asks the device for one buffer of `data.len()` bytes, e.g.
+    /// `ChunkStore::alloc_buf`); `true` when that buffer is `data`'s own memory, so the caller
+    /// must not copy `data` into it.
+    fn adopting<R>(data: &[u8], alloc: impl FnOnce() -> R) -> (R, bool);
+}
+
+impl PayloadDevice for DmaDevice {
+    fn adopting<R>(data: &[u8], alloc: impl FnOnce() -> R) -> (R, bool) {
+        r3fs_chunk::dma::adopting(data, alloc)
+    }
+}
+
+impl PayloadDevice for MemDevice {
+    fn adopting<R>(_data: &[u8], alloc: impl FnOnce() -> R) -> (R, bool) {
+        (alloc(), false)
+    }
+}
+
+/// A received payload of `len` bytes: `buffered` bytes already read (copied from the head
+/// buffer), the rest read from `reader` straight into pooled DMA memory that the chunk store can
+/// write from. Every byte is overwritten before the payload is shared (a recycled buffer holds
+/// an earlier payload); a failed read drops the buffer unshared.
+pub async fn read_payload_into<R: futures::AsyncRead + Unpin>(
+    reader: &mut R,
+    buffered: &[u8],
+    len: usize,
+) -> std::io::Result<Bytes> {
+    use futures::AsyncReadExt;
+    let mut payload = PayloadBuf::new(len);
+    let have = buffered.len().min(len);
+    payload.as_mut()[..have].copy_from_slice(&buffered[..have]);
+    reader.read_exact(&mut payload.as_mut()[have..]).await?;
+    Ok(Bytes::from_owner(payload.share()))
 }
 
 #[cfg(test)]
@@ -161,27 +140,5 @@ mod tests {
         drop(bytes);
         assert_eq!(slice.len(), 10_000 - 4096);
         assert_eq!(AlignedBuf::zeroed(0).as_ref().len(), 0);
-    }
-
-    #[test]
-    fn payload_buffers_are_recycled_within_the_pool_bound() {
-        let first = AlignedBuf::for_payload(4 << 20);
-        let ptr = first.as_ref().as_ptr();
-        assert_eq!(ptr as usize % PAYLOAD_ALIGN, 0);
-        drop(first.into_bytes());
-        // The same allocation comes back for the next payload of that size class.
-        let mut again = AlignedBuf::for_payload(3 << 20);
-        assert_eq!(again.as_ref().as_ptr(), ptr);
-        assert_eq!(again.as_mut().len(), 3 << 20);
-        // Holding more than the bound: the excess is freed, the pool stays within it.
-        let held: Vec<AlignedBuf> =
-            (0..POOL_BYTES_MAX / (4 << 20) + 4).map(|_| AlignedBuf::for_payload(4 << 20)).collect();
-        drop(held);
-        drop(again);
-        let pooled = POOL.with(|pool| pool.borrow().bytes);
-        assert!(pooled <= POOL_BYTES_MAX, "{pooled}");
-        assert!(pooled >= 4 << 20, "{pooled}");
-        // Small payloads are plain allocations.
-        assert_eq!(AlignedBuf::for_payload(100).as_ref().len(), 100);
     }
 }

@@ -7,7 +7,7 @@
 //! storage tasks, and replies. State lives in one `Rc<RefCell<Shard>>`; no borrow is held across
 //! an `.await`.
 
-use crate::buf::AlignedBuf;
+use crate::buf::read_payload_into;
 use crate::config::StorageConfig;
 use crate::peer;
 use crate::routing::{RoutingSnapshot, TargetPlacement};
@@ -1080,20 +1080,19 @@ async fn fill(
     Ok(true)
 }
 
-/// Reads a frame's payload into an aligned buffer (recycled: every byte is overwritten before the
-/// payload is used): first the bytes already buffered behind the head, then straight from the socket.
+/// Reads a frame's payload into pooled DMA memory the chunk store can write from
+/// ([`crate::buf::read_payload_into`]): first the bytes already buffered behind the head, then
+/// straight from the socket.
 async fn read_payload(
     reader: &mut ReadHalf<TcpStream>,
     buf: &mut Vec<u8>,
     head_len: usize,
     payload_len: usize,
 ) -> std::io::Result<Bytes> {
-    let mut payload = AlignedBuf::for_payload(payload_len);
     let buffered = (buf.len() - head_len).min(payload_len);
-    payload.as_mut()[..buffered].copy_from_slice(&buf[head_len..head_len + buffered]);
+    let payload = read_payload_into(reader, &buf[head_len..head_len + buffered], payload_len).await;
     buf.drain(..head_len + buffered);
-    reader.read_exact(&mut payload.as_mut()[buffered..]).await?;
-    Ok(payload.into_bytes())
+    payload
 }
 
 async fn serve_connection(shard: ShardRc, stream: TcpStream) {
