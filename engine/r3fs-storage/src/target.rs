@@ -13,9 +13,11 @@
 //! - The chunk size (the class a growing chunk jumps to) travels with each request; the store
 //!   is given the size the request named, or `chunk_size_bytes_max` when unknown.
 //!
-//! Every read verifies the store's per-unit checksums; a write's bytes are copied once, from the
-//! network buffer into a DMA buffer the store writes from.
+//! Every read verifies the store's per-unit checksums. A write's payload is staged from the
+//! memory it was received into when the device adopts it (`crate::buf::PayloadDevice`), else
+//! copied once into a device buffer.
 
+use crate::buf::PayloadDevice;
 use bytes::Bytes;
 use r3fs_chunk::{
     ChunkBuf, ChunkStore, CommitOutcome, Device, StageOutcome, StageRequest,
@@ -60,7 +62,7 @@ fn io_error(error: ChunkError) -> StoreError {
     StoreError::Io { message: error.to_string() }
 }
 
-impl<D: Device> TargetStore<D> {
+impl<D: PayloadDevice> TargetStore<D> {
     pub fn new(store: ChunkStore<D>, chunk_size_default: u32) -> Self {
         Self {
             store,
@@ -117,9 +119,13 @@ impl<D: Device> TargetStore<D> {
         ChunkMeta { chunk, committed, pending }
     }
 
+    /// The device buffer to stage `data` from: the received payload's own memory when the
+    /// device can adopt it (no copy), else a copy.
     fn chunk_buf(&self, data: &[u8]) -> ChunkBuf<D::Buf> {
-        let mut buf = self.store.alloc_buf(data.len());
-        buf.data_mut().copy_from_slice(data);
+        let (mut buf, adopted) = D::adopting(data, || self.store.alloc_buf(data.len()));
+        if !adopted {
+            buf.data_mut().copy_from_slice(data);
+        }
         buf
     }
 
