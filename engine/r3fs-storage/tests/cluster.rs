@@ -12,20 +12,14 @@ use r3fs_wire::{
     GetChunkMetasRequest, Message, Outcome, PayloadInfo, QueryLastChunkRequest,
     RemoveChunksRequest, UpdateKind,
 };
-use std::time::Duration;
 
 const CHAIN: u32 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_three_chain_on_loopback() {
-    let mgmtd = start_mgmtd();
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let root =
-        tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root on the target disk");
-    let mut daemons: Vec<Storage> =
-        (2..=4).map(|node| start_storage(node, root.path(), &mgmtd.address, &token)).collect();
+    let mut cluster = storage_cluster(3).start().await;
     let members = [(101, 2), (102, 3), (103, 4)];
-    let routing = create_chain(&admin, CHAIN, &members).await;
+    let routing = start_chain(&mut cluster, CHAIN, &members).await;
     let chain = &routing.chains[&ChainId(CHAIN)];
     let version = chain.chain_version;
     assert_eq!(chain.head(), Some(TargetId(101)));
@@ -223,13 +217,8 @@ async fn replication_three_chain_on_loopback() {
         assert_eq!(bytes, extended, "target {target}");
     }
 
-    // SIGTERM: drain, sync, exit 0.
-    for daemon in &mut daemons {
-        assert!(
-            daemon.proc.terminate(Duration::from_secs(20)),
-            "node {} did not stop cleanly",
-            daemon.node_id
-        );
-    }
+    // SIGTERM: drain, sync, exit 0 (within STOP_GRACE), with the head's connection still open.
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
     drop(head);
 }
