@@ -16,11 +16,9 @@ mod common;
 use common::*;
 use r3fs_rpc::admin;
 use r3fs_storage::client::DataClient;
-use r3fs_testkit::Proc;
+use r3fs_testkit::cluster::{Role, eventually};
 use r3fs_types::{ChainId, ChunkId, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CHAIN: u32 = 1;
@@ -35,23 +33,6 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 fn chunk(i: u64) -> ChunkId {
     ChunkId::new(InodeId(31), i)
-}
-
-fn start_node(node_id: u32, root: &Path, mgmtd: &str, token: &str, limit: u64) -> Storage {
-    let disk = root.join(format!("node{node_id}-disk0"));
-    std::fs::create_dir_all(&disk).expect("create disk dir");
-    let config_path = root.join(format!("storage{node_id}.toml"));
-    let config =
-        format!("resync_bytes_per_sec = {limit}\n{}", storage_config(node_id, &disk, mgmtd, token));
-    std::fs::write(&config_path, config).expect("write config");
-    let mut storage = Storage {
-        proc: Proc::spawn("placeholder", Command::new("true")),
-        node_id,
-        config_path,
-        disk,
-    };
-    storage.proc = storage.spawn();
-    storage
 }
 
 /// Removes ANSI colour sequences from a log line.
@@ -84,14 +65,12 @@ struct Run {
 }
 
 async fn kill_write_restart(limit: u64) -> Run {
-    let mgmtd = start_mgmtd();
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
-    let mut nodes: Vec<Storage> = MEMBERS
-        .iter()
-        .map(|&(_, n)| start_node(n, root.path(), &mgmtd.address, &token, limit))
-        .collect();
-    let snapshot = create_chain(&admin, CHAIN, &MEMBERS).await;
+    let mut cluster = storage_cluster(2)
+        .config(Role::Storage, &format!("resync_bytes_per_sec = {limit}"))
+        .start()
+        .await;
+    let admin = cluster.admin().clone();
+    let snapshot = start_chain(&mut cluster, CHAIN, &MEMBERS).await;
     let head_address = snapshot.address_of(TargetId(201)).expect("head address");
     let mut head = DataClient::connect(head_address).await.expect("connect head");
     let mut expected = Vec::new();
@@ -110,8 +89,8 @@ async fn kill_write_restart(limit: u64) -> Run {
         expected.push(data);
     }
 
-    nodes[1].proc.kill9();
-    let snapshot = eventually(Duration::from_secs(60), "the tail taken out", || async {
+    cluster.kill9_storage(MEMBERS[1].1);
+    let snapshot = eventually("the tail taken out", async || {
         let info = admin.get_routing_info(0, Duration::ZERO).await.ok()??;
         let (snapshot, _) = r3fs_storage::routing::RoutingSnapshot::from_pb(&info);
         let chain = snapshot.chains.get(&ChainId(CHAIN))?;
@@ -139,7 +118,7 @@ async fn kill_write_restart(limit: u64) -> Run {
     }
 
     let restarted = Instant::now();
-    nodes[1].restart();
+    cluster.restart_storage(MEMBERS[1].1);
     let mut reported = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -176,8 +155,9 @@ async fn kill_write_restart(limit: u64) -> Run {
     }
 
     // Progress as the predecessor reported it in its heartbeats.
-    let lines: Vec<String> = nodes[0]
-        .proc
+    let lines: Vec<String> = cluster
+        .storage(MEMBERS[0].1)
+        .proc()
         .output()
         .iter()
         .map(|l| plain(l))
@@ -212,10 +192,8 @@ async fn kill_write_restart(limit: u64) -> Run {
         reported.len(),
         reported.last().map(|(_, p)| format!(" (last {p:?})")).unwrap_or_default(),
     );
-    for node in nodes.iter_mut() {
-        assert!(node.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
-    drop(mgmtd);
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
     Run { elapsed, bytes, largest: u64::from(CHUNK_SIZE) }
 }
 
