@@ -18,13 +18,12 @@ use bytes::Bytes;
 use common::*;
 use r3fs_storage::client::DataClient;
 use r3fs_storage::routing::RoutingSnapshot;
-use r3fs_testkit::{Proc, free_port};
+use r3fs_testkit::free_port;
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, TargetId};
 use r3fs_wire::{BatchReadItem, BatchReadRequest, Outcome};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CHAIN: u32 = 1;
@@ -43,31 +42,6 @@ fn chunk(i: u64) -> ChunkId {
 
 fn content(i: u64) -> Vec<u8> {
     pattern(5000 + i, (256 << 10) + i as usize * 4096 + 123)
-}
-
-struct Node {
-    storage: Storage,
-    metrics: String,
-}
-
-fn start_node(node_id: u32, root: &Path, mgmtd: &str, token: &str) -> Node {
-    let disk = root.join(format!("node{node_id}-disk0"));
-    std::fs::create_dir_all(&disk).expect("create disk dir");
-    let config_path = root.join(format!("storage{node_id}.toml"));
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "{}\n[metrics]\nlisten = \"{metrics}\"\n",
-        storage_config(node_id, &disk, mgmtd, token)
-    );
-    std::fs::write(&config_path, config).expect("write config");
-    let mut storage = Storage {
-        proc: Proc::spawn("placeholder", Command::new("true")),
-        node_id,
-        config_path,
-        disk,
-    };
-    storage.proc = storage.spawn();
-    Node { storage, metrics }
 }
 
 /// `GET /metrics` from a daemon's exporter.
@@ -145,12 +119,16 @@ async fn read_once(client: &mut DataClient, chunk: ChunkId, len: u32) -> (Outcom
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
-    let mgmtd = start_mgmtd();
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
-    let mut nodes: Vec<Node> =
-        MEMBERS.iter().map(|&(_, n)| start_node(n, root.path(), &mgmtd.address, &token)).collect();
-    let snapshot: RoutingSnapshot = create_chain(&admin, CHAIN, &MEMBERS).await;
+    // Each daemon exports its metrics on a port of its own: metrics[k] is MEMBERS[k]'s.
+    let mut builder = storage_cluster(3);
+    let mut metrics = Vec::new();
+    for (_, node) in MEMBERS {
+        let address = format!("127.0.0.1:{}", free_port());
+        builder = builder.storage_config(node, &format!("[metrics]\nlisten = \"{address}\""));
+        metrics.push(address);
+    }
+    let mut cluster = builder.start().await;
+    let snapshot: RoutingSnapshot = start_chain(&mut cluster, CHAIN, &MEMBERS).await;
     let cluster_up = Instant::now();
     let chain_version = snapshot.chains[&ChainId(CHAIN)].chain_version;
     let address = |t: u64| -> SocketAddr { snapshot.address_of(TargetId(t)).expect("address") };
@@ -166,8 +144,7 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
     }
 
     // Rot: flip bytes in the chunk files on disk, nothing stopped.
-    let disk =
-        |t: u64| nodes[MEMBERS.iter().position(|m| m.0 == t).expect("member")].storage.disk.clone();
+    let disk = |t: u64| cluster.storage_disk(MEMBERS.iter().find(|m| m.0 == t).expect("member").1);
     let needle = |i: u64| content(i)[..64].to_vec();
     for i in MIDDLE_CORRUPT {
         assert_eq!(corrupt_on_disk(&disk(102), 102, &needle(i)), 1, "chunk {i} found once on 102");
@@ -264,8 +241,8 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
     let lost_deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut total = 0;
-        for (node, (t, _)) in nodes.iter().zip(MEMBERS) {
-            total += metric(&scrape(&node.metrics), "r3fs_storage_chunks_unrepairable_total", t);
+        for (address, (t, _)) in metrics.iter().zip(MEMBERS) {
+            total += metric(&scrape(address), "r3fs_storage_chunks_unrepairable_total", t);
         }
         if total >= 3 {
             unrepairable = total;
@@ -283,8 +260,8 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
     // Reported: metrics and a warn line naming each chunk.
     let mut corrupted = 0;
     let mut repaired = 0;
-    for (node, (t, _)) in nodes.iter_mut().zip(MEMBERS) {
-        let text = scrape(&node.metrics);
+    for (address, (t, node)) in metrics.iter().zip(MEMBERS) {
+        let text = scrape(address);
         let detected = metric(&text, "r3fs_storage_corrupt_chunks_total", t);
         let fixed = metric(&text, "r3fs_storage_chunks_repaired_total", t);
         let mine: Vec<u64> =
@@ -298,7 +275,7 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
         assert!(detected > fixed, "target {t}: {detected} detections, {fixed} repairs");
         corrupted += detected;
         repaired += fixed;
-        let output = node.storage.proc.output().join("\n");
+        let output = cluster.storage(node).proc().output().join("\n");
         let corrupt_ids: Vec<u64> = match t {
             102 => MIDDLE_CORRUPT.iter().copied().chain([LOST]).collect(),
             101 => vec![HEAD_CORRUPT, LOST],
@@ -326,8 +303,6 @@ async fn corrupt_chunks_are_refused_served_elsewhere_reported_and_repaired() {
         unrepairable,
         cluster_up.elapsed(),
     );
-    for node in nodes.iter_mut() {
-        assert!(node.storage.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
-    drop(mgmtd);
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
 }
