@@ -23,9 +23,9 @@ use common::load::*;
 use common::*;
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
+use r3fs_testkit::cluster::{Cluster, ClusterBuilder};
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,28 +34,13 @@ use std::time::{Duration, Instant};
 /// would otherwise run twelve at once.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Cluster {
-    mgmtd: Mgmtd,
-    admin: MgmtdClient,
-    daemons: BTreeMap<u32, Storage>,
-    _root: tempfile::TempDir,
-}
-
 const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
 
-async fn start_cluster() -> Cluster {
-    start_cluster_with(start_mgmtd()).await
-}
-
-async fn start_cluster_with(mgmtd: Mgmtd) -> Cluster {
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
-    let daemons = MEMBERS
-        .iter()
-        .map(|&(_, node)| (node, start_storage(node, root.path(), &mgmtd.address, &token)))
-        .collect();
-    create_chain(&admin, CHAIN, &MEMBERS).await;
-    Cluster { mgmtd, admin, daemons, _root: root }
+/// Three daemons holding the replication-3 chain the load writes to.
+async fn start_cluster(builder: ClusterBuilder) -> Cluster {
+    let mut cluster = builder.start().await;
+    start_chain(&mut cluster, CHAIN, &MEMBERS).await;
+    cluster
 }
 
 /// Reads every chunk of the model from every replica of the chain and compares.
@@ -85,20 +70,21 @@ async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
 /// waits for it to serve again while writes continue, then verifies everything.
 async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let mut cluster = start_cluster().await;
+    let mut cluster = start_cluster(storage_cluster(3)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let fenced_seen = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(writer(cluster.admin.clone(), stop.clone(), acks.clone(), fenced_seen));
+    let task =
+        tokio::spawn(writer(cluster.admin().clone(), stop.clone(), acks.clone(), fenced_seen));
 
     wait_acks(&acks, 60, "before the kill");
     let before_kill = acks.load(Ordering::SeqCst);
     let killed_at = Instant::now();
-    cluster.daemons.get_mut(&victim_node).expect("victim").proc.kill9();
+    cluster.kill9_storage(victim_node);
     // The chain continues without the victim.
     wait_acks(&acks, before_kill + 60, "without the victim");
     let degraded_after = killed_at.elapsed();
-    let snapshot = routing(&cluster.admin).await.expect("routing");
+    let snapshot = routing(cluster.admin()).await.expect("routing");
     let chain = &snapshot.chains[&ChainId(CHAIN)];
     assert_eq!(
         chain.state_of(TargetId(victim_target)),
@@ -108,9 +94,9 @@ async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
 
     // Bring it back while writes flow: it resyncs and serves again.
     let restarted_at = Instant::now();
-    cluster.daemons.get_mut(&victim_node).expect("victim").restart();
+    cluster.restart_storage(victim_node);
     let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
-    wait_serving(&cluster.admin, CHAIN, all).await;
+    wait_serving(cluster.admin(), CHAIN, all).await;
     let rejoined_after = restarted_at.elapsed();
     let at_rejoin = acks.load(Ordering::SeqCst);
     wait_acks(&acks, at_rejoin + 30, "after the rejoin");
@@ -119,7 +105,7 @@ async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
         .await
         .expect("writer stops")
         .expect("writer task");
-    let replicas = verify_all_replicas(&cluster.admin, &model).await;
+    let replicas = verify_all_replicas(cluster.admin(), &model).await;
     println!(
         "{name}: {} acknowledged writes ({} during the outage and resync) verified on {replicas} \
          replicas over {} chunks; longest gap between acknowledgements {:?}; 60 writes after the \
@@ -133,10 +119,8 @@ async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
         rejoined_after,
         model.refusals,
     );
-    for (_, daemon) in cluster.daemons.iter_mut() {
-        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
-    drop(cluster.mgmtd);
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,45 +133,24 @@ async fn sigkill_head_mid_write_and_resync() {
     kill_and_rejoin("kill -9 chain head", 2, 101).await;
 }
 
-/// An mgmtd whose KV lives on disk (fjall), so it can be killed and started again.
-fn start_persistent_mgmtd(dir: &std::path::Path, address: &str) -> r3fs_testkit::Proc {
-    let config = format!(
-        "node_id = 1\nlisten = \"{address}\"\nlease_timeout_ms = 2000\nlease_renew_interval_ms = 500\n\
-         heartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\nfailure_check_interval_ms = 200\n\
-         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"fjall\"\n\
-         [kv.fjall]\npath = \"{}\"\n",
-        dir.join("kv").display()
-    );
-    let path = dir.join("mgmtd.toml");
-    std::fs::write(&path, config).expect("write mgmtd config");
-    let mut command = std::process::Command::new(r3fs_testkit::binary("r3fs-mgmtd", "r3fs-mgmtd"));
-    command.arg("--config").arg(&path);
-    let mut proc = r3fs_testkit::Proc::spawn("r3fs-mgmtd", command);
-    proc.wait_for_line("is primary", START_TIMEOUT);
-    proc
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mgmtd_restart_fences_and_resumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("mgmtd dir");
-    let address = format!("127.0.0.1:{}", r3fs_testkit::free_port());
-    let proc = start_persistent_mgmtd(dir.path(), &address);
-    let mgmtd = Mgmtd::from_parts(proc, address.clone());
-    let mut cluster = start_cluster_with(mgmtd).await;
+    // mgmtd's KV on disk (fjall), so it can be killed and started again.
+    let mut cluster = start_cluster(storage_cluster(3).mgmtd_kv_on_disk()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(AtomicU64::new(0));
     let fenced_seen = Arc::new(AtomicU64::new(0));
     let task = tokio::spawn(writer(
-        cluster.admin.clone(),
+        cluster.admin().clone(),
         stop.clone(),
         acks.clone(),
         fenced_seen.clone(),
     ));
     wait_acks(&acks, 60, "before mgmtd dies");
-    let routing_before = routing(&cluster.admin).await.expect("routing");
+    let routing_before = routing(cluster.admin()).await.expect("routing");
     let killed_at = Instant::now();
-    cluster.mgmtd.proc.kill9();
+    cluster.mgmtd().proc().kill9();
 
     // Every daemon fences itself: the writer (whose routing is still valid) sees Fenced, and a
     // read sent straight to the tail is refused too.
@@ -227,7 +190,7 @@ async fn mgmtd_restart_fences_and_resumes() {
     // mgmtd comes back on the same address and KV; the daemons heartbeat again, apply its
     // routing and lift the fence.
     let restarted_at = Instant::now();
-    cluster.mgmtd.proc = start_persistent_mgmtd(dir.path(), &address);
+    cluster.restart_mgmtd();
     wait_acks(&acks, acks_while_down + 60, "after mgmtd's restart");
     let resumed_after = restarted_at.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -235,7 +198,7 @@ async fn mgmtd_restart_fences_and_resumes() {
         .await
         .expect("writer stops")
         .expect("writer task");
-    let replicas = verify_all_replicas(&cluster.admin, &model).await;
+    let replicas = verify_all_replicas(cluster.admin(), &model).await;
     println!(
         "mgmtd kill -9 and restart: {} acknowledged writes verified on {replicas} replicas over {} \
          chunks; first Fenced refusal {:?} after the kill; 60 writes acknowledged {:?} after \
@@ -247,7 +210,6 @@ async fn mgmtd_restart_fences_and_resumes() {
         model.gap_max,
         model.refusals,
     );
-    for (_, daemon) in cluster.daemons.iter_mut() {
-        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
 }
