@@ -22,6 +22,7 @@ use common::*;
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
 use r3fs_storage::routing::RoutingSnapshot;
+use r3fs_testkit::cluster::{Cluster, eventually};
 use r3fs_types::error::errno;
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, TargetId};
 use r3fs_wire::{Outcome, UpdateKind, UpdateRequest};
@@ -39,24 +40,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const WRITES_MAX: u64 = 200;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Cluster {
+struct SmallDisks {
     // Field order is drop order: daemons stop before their file systems are unmounted.
-    daemons: BTreeMap<u32, Storage>,
-    mgmtd: Mgmtd,
-    admin: MgmtdClient,
+    cluster: Cluster,
     /// The loop file systems by node.
     disks: BTreeMap<u32, LoopFs>,
-    _root: tempfile::TempDir,
 }
 
-/// Starts mgmtd and three daemons; the nodes in `small` get their target path on a fresh small
-/// ext4 file system, the others on the test's temp dir. None when loop file systems cannot be
-/// made here (the reason is printed).
-async fn start_cluster(small: &[u32]) -> Option<Cluster> {
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
+/// Starts mgmtd and three daemons holding the chain; the nodes in `small` get their target path
+/// on a fresh small ext4 file system, the others on the cluster's temp dir. None when loop file
+/// systems cannot be made here (the reason is printed).
+async fn start_cluster(small: &[u32]) -> Option<SmallDisks> {
     let mut disks = BTreeMap::new();
     for &node in small {
-        match LoopFs::create(root.path(), FS_BYTES) {
+        match LoopFs::create(Path::new(env!("CARGO_TARGET_TMPDIR")), FS_BYTES) {
             Ok(fs) => {
                 disks.insert(node, fs);
             }
@@ -66,36 +63,13 @@ async fn start_cluster(small: &[u32]) -> Option<Cluster> {
             }
         }
     }
-    let mgmtd = start_mgmtd();
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-    let mut daemons = BTreeMap::new();
-    for &(_, node) in &MEMBERS {
-        let disk = match disks.get(&node) {
-            Some(fs) => fs.mount.clone(),
-            None => {
-                let dir = root.path().join(format!("node{node}-disk0"));
-                std::fs::create_dir_all(&dir).expect("create disk dir");
-                dir
-            }
-        };
-        daemons.insert(node, start_storage_on(node, &disk, root.path(), &mgmtd.address, &token));
+    let mut builder = storage_cluster(3);
+    for (&node, fs) in &disks {
+        builder = builder.storage_disk(node, &fs.mount);
     }
-    create_chain(&admin, CHAIN, &MEMBERS).await;
-    Some(Cluster { daemons, mgmtd, admin, disks, _root: root })
-}
-
-fn start_storage_on(node_id: u32, disk: &Path, root: &Path, mgmtd: &str, token: &str) -> Storage {
-    let config_path = root.join(format!("storage{node_id}.toml"));
-    std::fs::write(&config_path, storage_config(node_id, disk, mgmtd, token))
-        .expect("write config");
-    let mut storage = Storage {
-        proc: r3fs_testkit::Proc::spawn("placeholder", std::process::Command::new("true")),
-        node_id,
-        config_path,
-        disk: disk.to_path_buf(),
-    };
-    storage.proc = storage.spawn();
-    storage
+    let mut cluster = builder.start().await;
+    start_chain(&mut cluster, CHAIN, &MEMBERS).await;
+    Some(SmallDisks { cluster, disks })
 }
 
 async fn routing(admin: &MgmtdClient) -> RoutingSnapshot {
@@ -245,19 +219,18 @@ async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
 
 /// Restarts each daemon on a small disk in turn (SIGTERM, start on the same full disk) and waits
 /// until the whole chain serves again after each (the target rejoins through resync).
-async fn restart_full(cluster: &mut Cluster) {
+async fn restart_full(setup: &mut SmallDisks) {
     let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
-    for (node, daemon) in cluster.daemons.iter_mut() {
-        if !cluster.disks.contains_key(node) {
-            continue;
-        }
-        let before = routing(&cluster.admin).await.chains[&ChainId(CHAIN)].chain_version;
-        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
+    let admin = setup.cluster.admin().clone();
+    for &node in setup.disks.keys() {
+        let before = routing(&admin).await.chains[&ChainId(CHAIN)].chain_version;
+        let daemon = setup.cluster.storage(node);
+        assert!(daemon.proc().terminate(Duration::from_secs(30)), "clean stop");
         daemon.restart();
         // A restarted target rejoins through resync, which bumps the chain version: wait for
         // that, not for the routing from before the restart.
-        eventually(Duration::from_secs(60), "the restarted target serves again", || async {
-            let snapshot = wait_serving(&cluster.admin, CHAIN, all.clone()).await;
+        eventually("the restarted target serves again", async || {
+            let snapshot = wait_serving(&admin, CHAIN, all.clone()).await;
             (snapshot.chains[&ChainId(CHAIN)].chain_version > before).then_some(())
         })
         .await;
@@ -273,8 +246,8 @@ fn check_clean_no_space(code: ErrorCode) {
 /// The whole scenario; `small` lists the nodes on small disks.
 async fn fill_verify_restart_free(name: &str, small: &[u32]) {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let Some(mut cluster) = start_cluster(small).await else { return };
-    let admin = cluster.admin.clone();
+    let Some(mut setup) = start_cluster(small).await else { return };
+    let admin = setup.cluster.admin().clone();
     let mut model = Model::default();
     let mut writer = Writer { client: None, sequence: 0 };
     let mut next = 0u64;
@@ -284,7 +257,7 @@ async fn fill_verify_restart_free(name: &str, small: &[u32]) {
     let filled_after = started.elapsed();
     check_clean_no_space(code);
     let acked_when_full = model.acks;
-    let free: Vec<(u32, u64)> = cluster.disks.iter().map(|(n, fs)| (*n, fs.free_bytes())).collect();
+    let free: Vec<(u32, u64)> = setup.disks.iter().map(|(n, fs)| (*n, fs.free_bytes())).collect();
 
     // More writes keep being refused the same way, promptly, and nothing hangs.
     for _ in 0..3 {
@@ -293,15 +266,16 @@ async fn fill_verify_restart_free(name: &str, small: &[u32]) {
         let Outcome::Failed(code) = outcome else { panic!("a write on a full disk succeeded") };
         check_clean_no_space(code);
     }
-    for (node, daemon) in cluster.daemons.iter_mut() {
-        assert!(!daemon.proc.has_exited(), "daemon {node} keeps running on a full disk");
+    for (_, node) in MEMBERS {
+        let running = !setup.cluster.storage(node).proc().has_exited();
+        assert!(running, "daemon {node} keeps running on a full disk");
     }
     // Reads keep working, from every replica.
     let replicas = verify_all_replicas(&admin, &model).await;
 
     // The chunk store's metadata survives a restart on a full disk.
     let restart_started = Instant::now();
-    restart_full(&mut cluster).await;
+    restart_full(&mut setup).await;
     let restarted_after = restart_started.elapsed();
     verify_all_replicas(&admin, &model).await;
 
@@ -327,10 +301,11 @@ async fn fill_verify_restart_free(name: &str, small: &[u32]) {
         model.acked.len(),
         model.refusals,
     );
-    for (_, daemon) in cluster.daemons.iter_mut() {
-        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
-    drop(cluster.mgmtd);
+    // The daemons stop before their file systems are unmounted.
+    let SmallDisks { cluster, disks } = setup;
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
+    drop(disks);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
