@@ -113,6 +113,11 @@ pub struct ClusterBuilder {
     node_overrides: BTreeMap<u32, Vec<String>>,
     /// Per storage node: its target path, when not `<dir>/node<n>-disk0`.
     disks: BTreeMap<u32, PathBuf>,
+    /// The address mgmtd listens on (and everyone reaches it at).
+    mgmtd_host: String,
+    /// Commands the daemons of a role, or one storage node, run under (`ip netns exec <ns>`).
+    wrappers: BTreeMap<Role, Vec<String>>,
+    node_wrappers: BTreeMap<u32, Vec<String>>,
     log_filters: BTreeMap<Role, String>,
     binaries: BTreeMap<Role, PathBuf>,
 }
@@ -205,6 +210,27 @@ impl ClusterBuilder {
         self
     }
 
+    /// The host mgmtd listens on ["127.0.0.1"], e.g. the address of the network namespace a
+    /// [`ClusterBuilder::wrapper`] runs it in.
+    pub fn mgmtd_host(mut self, host: &str) -> Self {
+        self.mgmtd_host = host.to_string();
+        self
+    }
+
+    /// The daemons of `role` run as `<argv...> <binary> --config <file>`, e.g.
+    /// `["ip", "netns", "exec", "ns1"]` to run them in a network namespace (the wrapper must
+    /// exec the binary, so a kill -9 reaches the daemon itself).
+    pub fn wrapper(mut self, role: Role, argv: &[&str]) -> Self {
+        self.wrappers.insert(role, argv.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// Like [`ClusterBuilder::wrapper`] for storage node `node` only (over the role's).
+    pub fn storage_wrapper(mut self, node: u32, argv: &[&str]) -> Self {
+        self.node_wrappers.insert(node, argv.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
     /// `RUST_LOG` of the daemons of `role` ["info"].
     pub fn log(mut self, role: Role, filter: &str) -> Self {
         self.log_filters.insert(role, filter.to_string());
@@ -232,7 +258,8 @@ impl ClusterBuilder {
         let mut daemons = Daemons::default();
 
         // 1. mgmtd and the admin token.
-        let mgmtd_address = format!("127.0.0.1:{}", free_port());
+        // free_port probes loopback: a fresh namespace of a wrapped mgmtd has every port free.
+        let mgmtd_address = format!("{}:{}", self.mgmtd_host, free_port());
         let mgmtd_config = format!(
             "node_id = 1\nlisten = \"{mgmtd_address}\"\nlease_timeout_ms = 2000\n\
              lease_renew_interval_ms = 500\nheartbeat_interval_ms = 200\n\
@@ -291,9 +318,13 @@ impl ClusterBuilder {
                 &[&text],
                 node_overrides.unwrap_or_default(),
             );
+            let mut launch = self.command(Role::Storage, config, Vec::new());
+            if let Some(wrapper) = self.node_wrappers.get(&node) {
+                launch.wrapper = wrapper.clone();
+            }
             let daemon = Daemon::spawn_unready(
                 format!("r3fs-storage-{node}"),
-                self.command(Role::Storage, config, Vec::new()),
+                launch,
                 Role::Storage.ready_line(),
             );
             pending.push((node, daemon));
@@ -398,7 +429,8 @@ impl ClusterBuilder {
             self.storage_nodes
         );
         let nodes = FIRST_STORAGE_NODE..FIRST_STORAGE_NODE + self.storage_nodes;
-        for node in self.node_overrides.keys().chain(self.disks.keys()) {
+        let per_node = self.node_overrides.keys().chain(self.disks.keys());
+        for node in per_node.chain(self.node_wrappers.keys()) {
             assert!(nodes.contains(node), "storage node {node} is not one of {nodes:?}");
         }
         assert!(self.meta.is_none() || self.chains > 0, "meta's root layout needs chains");
@@ -442,7 +474,8 @@ impl ClusterBuilder {
         let log = self.log_filters.get(&role).cloned().unwrap_or_else(|| "info".into());
         let mut env = env;
         env.push(("RUST_LOG".into(), log.into()));
-        Launch { program, config, env }
+        let wrapper = self.wrappers.get(&role).cloned().unwrap_or_default();
+        Launch { wrapper, program, config, env }
     }
 
     fn daemon(
@@ -485,6 +518,8 @@ fn mgmtd_client(address: &str, token: Option<String>) -> MgmtdClient {
 /// How to (re)start one daemon.
 #[derive(Debug, Clone)]
 struct Launch {
+    /// argv run before the program (empty: the program itself).
+    wrapper: Vec<String>,
     program: PathBuf,
     config: PathBuf,
     env: Vec<(String, OsString)>,
@@ -554,7 +589,14 @@ impl Daemon {
 
 impl Launch {
     fn spawn(&self, name: &str) -> Proc {
-        let mut command = Command::new(&self.program);
+        let mut command = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&self.program);
+                command
+            }
+            None => Command::new(&self.program),
+        };
         command.arg("--config").arg(&self.config);
         for (key, value) in &self.env {
             command.env(key, value);
@@ -657,6 +699,9 @@ impl Cluster {
             overrides: BTreeMap::new(),
             node_overrides: BTreeMap::new(),
             disks: BTreeMap::new(),
+            mgmtd_host: "127.0.0.1".to_string(),
+            wrappers: BTreeMap::new(),
+            node_wrappers: BTreeMap::new(),
             log_filters: BTreeMap::new(),
             binaries: BTreeMap::new(),
         }
