@@ -21,7 +21,7 @@ use common::netns::Net;
 use common::*;
 use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
-use r3fs_testkit::{Proc, binary};
+use r3fs_testkit::cluster::{Role, eventually};
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
 use std::net::SocketAddr;
@@ -133,20 +133,6 @@ async fn verify_all_replicas(admin: &MgmtdClient, writer: &Model, stale: &Model)
     all.len()
 }
 
-struct Daemon {
-    proc: Proc,
-    node: u32,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let lines = self.proc.output().join("\n");
-            eprintln!("---- output of storage node {} ----\n{lines}", self.node);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_head_fences_and_rejoins() {
     let mut net = match Net::create() {
@@ -162,43 +148,24 @@ async fn partitioned_head_fences_and_rejoins() {
             return;
         }
     }
-    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp root");
 
-    // mgmtd in its own namespace, reached by the daemons and the test through the bridge.
-    let mgmtd_address = format!("{}:9100", net.address(MGMTD_NS));
-    let config = format!(
-        "node_id = 1\nlisten = \"{mgmtd_address}\"\nlease_timeout_ms = 2000\n\
-         lease_renew_interval_ms = 500\nheartbeat_interval_ms = 200\n\
-         heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}\nfailure_check_interval_ms = 200\n\
-         routing_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n[kv]\nbackend = \"memory\"\n"
-    );
-    let mgmtd_config = root.path().join("mgmtd.toml");
-    std::fs::write(&mgmtd_config, config).expect("write mgmtd config");
-    let mut command = net.command(MGMTD_NS, &binary("r3fs-mgmtd", "r3fs-mgmtd"));
-    command.arg("--config").arg(&mgmtd_config);
-    let mut mgmtd_proc = Proc::spawn("r3fs-mgmtd", command);
-    mgmtd_proc.wait_for_line("is primary", START_TIMEOUT);
-    let mgmtd = Mgmtd::from_parts(mgmtd_proc, mgmtd_address.clone());
-    let (admin, token) = init_cluster(&mgmtd.address).await;
-
-    // Each daemon in its own namespace, listening on (and advertising) its namespace address.
-    let mut daemons = Vec::new();
+    // mgmtd in its own namespace, reached by the daemons and the test through the bridge; each
+    // daemon in its own, listening on (and advertising) its namespace address. Declared after
+    // `net`, the cluster stops before the namespaces go.
+    let mgmtd_ns = net.namespace(MGMTD_NS);
+    let mut builder = storage_cluster(3)
+        .config(Role::Mgmtd, &format!("heartbeat_timeout_ms = {HEARTBEAT_TIMEOUT_MS}"))
+        .mgmtd_host(&net.address(MGMTD_NS))
+        .wrapper(Role::Mgmtd, &["ip", "netns", "exec", &mgmtd_ns]);
     for &(_, node) in &MEMBERS {
-        let disk = root.path().join(format!("node{node}-disk0"));
-        std::fs::create_dir_all(&disk).expect("create disk dir");
-        let config = storage_config(node, &disk, &mgmtd_address, &token).replace(
-            "listen_host = \"127.0.0.1\"",
-            &format!("listen_host = \"{}\"", net.address(node as u8)),
-        );
-        let path = root.path().join(format!("storage{node}.toml"));
-        std::fs::write(&path, config).expect("write storage config");
-        let mut command = net.command(node as u8, &binary("r3fs-storage", "r3fs-storage"));
-        command.arg("--config").arg(&path).env("RUST_LOG", "info,r3fs_storage=debug");
-        let mut proc = Proc::spawn(&format!("r3fs-storage-{node}"), command);
-        proc.wait_for_line("serving targets on", START_TIMEOUT);
-        daemons.push(Daemon { proc, node });
+        let ns = net.namespace(node as u8);
+        builder = builder
+            .storage_wrapper(node, &["ip", "netns", "exec", &ns])
+            .storage_config(node, &format!("listen_host = \"{}\"", net.address(node as u8)));
     }
-    let before = create_chain(&admin, CHAIN, &MEMBERS).await;
+    let mut cluster = builder.start().await;
+    let admin = cluster.admin().clone();
+    let before = start_chain(&mut cluster, CHAIN, &MEMBERS).await;
     let head = TargetId(MEMBERS[0].0);
     let head_node = MEMBERS[0].1 as u8;
     let old_head = before.address_of(head).expect("head address");
@@ -219,7 +186,7 @@ async fn partitioned_head_fences_and_rejoins() {
     let stale_task = tokio::spawn(stale_client(old_head, old_version, cut_at, stale_stop.clone()));
 
     // mgmtd takes the head out; the writer continues on the new head.
-    eventually(Duration::from_secs(60), "the cut-off head is taken out of the chain", || async {
+    eventually("the cut-off head is taken out of the chain", async || {
         let snapshot = routing(&admin).await?;
         let chain = &snapshot.chains[&ChainId(CHAIN)];
         (chain.state_of(head) != Some(PublicTargetState::Serving) && chain.head() != Some(head))
@@ -280,9 +247,7 @@ async fn partitioned_head_fences_and_rejoins() {
         model.refusals,
         stale.model.refusals,
     );
-    for daemon in daemons.iter_mut() {
-        assert!(daemon.proc.terminate(Duration::from_secs(30)), "clean stop");
-    }
-    drop(mgmtd);
+    let problems = cluster.stop();
+    assert!(problems.is_empty(), "daemons that did not stop cleanly: {problems:?}");
     drop(net);
 }

@@ -78,13 +78,6 @@ impl Net {
         Ok(address)
     }
 
-    /// A command that runs `program` inside namespace `index`.
-    pub fn command(&self, index: u8, program: &std::path::Path) -> Command {
-        let mut command = Command::new("ip");
-        command.arg("netns").arg("exec").arg(self.namespace(index)).arg(program);
-        command
-    }
-
     /// Namespace `index` silently drops everything it sends to `to` (so no TCP exchange with `to`
     /// completes in either direction).
     pub fn block(&self, index: u8, to: &str) {
