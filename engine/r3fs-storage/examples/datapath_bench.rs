@@ -18,7 +18,7 @@
 //! less than throughput. The 1-minute load average is printed before and after.
 //!
 //! `--storage-bin PATH` runs that r3fs-storage binary instead of building this checkout's, so
-//! two builds can be compared back to back (A/B).
+//! two builds can be compared back to back (A/B); `--mgmtd-bin PATH` likewise for r3fs-mgmtd.
 
 use r3fs_rpc::admin;
 use r3fs_rpc::mgmtd_client::{MgmtdClient, MgmtdClientConfig};
@@ -43,6 +43,7 @@ struct Args {
     rand_depth: usize,
     fio: bool,
     storage_bin: Option<PathBuf>,
+    mgmtd_bin: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +55,7 @@ fn parse_args() -> Args {
         rand_depth: 32,
         fio: true,
         storage_bin: None,
+        mgmtd_bin: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,6 +70,7 @@ fn parse_args() -> Args {
             "--rand-depth" => args.rand_depth = value.parse().expect("--rand-depth is a number"),
             "--fio" => args.fio = value != "0",
             "--storage-bin" => args.storage_bin = Some(PathBuf::from(value)),
+            "--mgmtd-bin" => args.mgmtd_bin = Some(PathBuf::from(value)),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -78,7 +81,7 @@ fn parse_args() -> Args {
     args
 }
 
-fn start_mgmtd(dir: &Path) -> (Proc, String) {
+fn start_mgmtd(dir: &Path, bin: Option<&Path>) -> (Proc, String) {
     let address = format!("127.0.0.1:{}", free_port());
     let config = dir.join("mgmtd.toml");
     std::fs::write(
@@ -89,7 +92,8 @@ fn start_mgmtd(dir: &Path) -> (Proc, String) {
         ),
     )
     .expect("write mgmtd config");
-    let mut command = Command::new(binary("r3fs-mgmtd", "r3fs-mgmtd"));
+    let bin = bin.map_or_else(|| binary("r3fs-mgmtd", "r3fs-mgmtd"), Path::to_path_buf);
+    let mut command = Command::new(bin);
     command.arg("--config").arg(&config);
     let mut proc = Proc::spawn("r3fs-mgmtd", command);
     proc.wait_for_line("is primary", Duration::from_secs(120));
@@ -342,7 +346,7 @@ async fn main() {
     std::fs::create_dir_all(&args.dir).expect("bench dir");
     let run_dir = tempfile::tempdir_in(&args.dir).expect("run dir");
     let blocks = args.total_mib / 4;
-    let (mut mgmtd, address) = start_mgmtd(run_dir.path());
+    let (mut mgmtd, address) = start_mgmtd(run_dir.path(), args.mgmtd_bin.as_deref());
     let (mut storage, routing) =
         setup_chain(&address, run_dir.path(), args.storage_bin.as_deref()).await;
     let version = routing.chains[&ChainId(1)].chain_version;

@@ -6,6 +6,7 @@
 //! registry lookup. Labels are bounded: one series set per target (at most
 //! `targets_per_path x target_paths` per node) and per peer address.
 
+use r3fs_chunk::dma::BufPoolStats;
 use r3fs_metrics::{Counter, Gauge, Latency, global};
 use r3fs_types::{LocalTargetState, PublicTargetState, TargetId};
 use std::cell::RefCell;
@@ -90,7 +91,18 @@ impl TargetMetrics {
     }
 }
 
+/// One shard's buffer pool series and the counts already published.
+struct PoolMetrics {
+    free_bytes: Gauge,
+    reused: Counter,
+    allocated: Counter,
+    freed: Counter,
+    adopted: Counter,
+    published: BufPoolStats,
+}
+
 thread_local! {
+    static POOL: RefCell<Option<PoolMetrics>> = const { RefCell::new(None) };
     static TARGETS: RefCell<HashMap<TargetId, TargetMetrics>> = RefCell::new(HashMap::new());
     static PEERS: RefCell<HashMap<SocketAddr, (Latency, Counter)>> = RefCell::new(HashMap::new());
 }
@@ -207,4 +219,50 @@ fn peer_metrics(peer: SocketAddr) -> (Latency, Counter) {
             &labels,
         ),
     )
+}
+
+/// The shard's DMA buffer pool (r3fs_chunk::dma): published with the shard's periodic reports.
+pub fn buf_pool(shard: usize, stats: BufPoolStats) {
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let m = pool.get_or_insert_with(|| {
+            let registry = global();
+            let id = shard.to_string();
+            let labels = [("shard", id.as_str())];
+            PoolMetrics {
+                free_bytes: registry.gauge(
+                    "r3fs_storage_buf_pool_free_bytes",
+                    "Released DMA buffers the shard keeps for reuse (bounded by BUF_POOL_BYTES_MAX)",
+                    &labels,
+                ),
+                reused: registry.counter(
+                    "r3fs_storage_buf_pool_reused_total",
+                    "Large DMA buffers handed out again from the shard's pool",
+                    &labels,
+                ),
+                allocated: registry.counter(
+                    "r3fs_storage_buf_pool_allocated_total",
+                    "DMA buffers newly allocated because none of their size was free",
+                    &labels,
+                ),
+                freed: registry.counter(
+                    "r3fs_storage_buf_pool_freed_total",
+                    "Released DMA buffers freed because the pool was full",
+                    &labels,
+                ),
+                adopted: registry.counter(
+                    "r3fs_storage_payloads_adopted_total",
+                    "Received payloads the chunk store wrote from their own memory (no copy)",
+                    &labels,
+                ),
+                published: BufPoolStats::default(),
+            }
+        });
+        m.free_bytes.set(i64::try_from(stats.free_bytes).unwrap_or(i64::MAX));
+        m.reused.add(stats.reused.saturating_sub(m.published.reused));
+        m.allocated.add(stats.allocated.saturating_sub(m.published.allocated));
+        m.freed.add(stats.freed.saturating_sub(m.published.freed));
+        m.adopted.add(stats.adopted.saturating_sub(m.published.adopted));
+        m.published = stats;
+    });
 }

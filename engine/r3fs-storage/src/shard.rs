@@ -849,6 +849,7 @@ async fn report_loop(shard: ShardRc, mut events: mpsc::Sender<ShardEvent>) {
                     }
                 })
                 .collect();
+            crate::metrics::buf_pool(s.index, r3fs_chunk::dma::buf_pool_stats());
             (s.index, reports)
         };
         // A full queue means the control thread has older reports pending: the next one
