@@ -2,7 +2,7 @@
 //! directory locked by another process, RLIMIT_MEMLOCK below the registered IO memory. None of
 //! them needs mgmtd: the daemon refuses before it connects.
 
-use r3fs_testkit::{Proc, binary, wait_until};
+use r3fs_testkit::{Proc, wait_until};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -35,7 +35,7 @@ fn invalid_config_lists_every_violation() {
          tick_interval_ms = 0\n[replica]\nchunks_active_max = 0\n",
     )
     .expect("write config");
-    let output = Command::new(binary("r3fs-storage", "r3fs-storage"))
+    let output = Command::new(env!("CARGO_BIN_EXE_r3fs-storage"))
         .arg("--config")
         .arg(&path)
         .output()
@@ -56,7 +56,7 @@ fn invalid_config_lists_every_violation() {
 
     // An unparsable file and an unknown key are refused too, naming the problem.
     std::fs::write(&path, "node_id = 1\nnot_a_key = 3\n").expect("write config");
-    let output = Command::new(binary("r3fs-storage", "r3fs-storage"))
+    let output = Command::new(env!("CARGO_BIN_EXE_r3fs-storage"))
         .arg("--config")
         .arg(&path)
         .output()
@@ -82,7 +82,7 @@ fn a_target_locked_by_another_process_is_refused() {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
     let config = root.path().join("storage.toml");
     std::fs::write(&config, valid_config(&disk)).expect("write config");
-    let mut command = Command::new(binary("r3fs-storage", "r3fs-storage"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_r3fs-storage"));
     command.arg("--config").arg(&config);
     let mut proc = Proc::spawn("r3fs-storage", command);
     let line = proc.wait_for_line("in use by another chunk store", TIMEOUT);
@@ -97,7 +97,7 @@ fn memlock_below_the_registered_io_memory_is_refused() {
     let disk = root.path().join("disk0");
     let config = root.path().join("storage.toml");
     std::fs::write(&config, valid_config(&disk)).expect("write config");
-    let mut command = Command::new(binary("r3fs-storage", "r3fs-storage"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_r3fs-storage"));
     command.arg("--config").arg(&config);
     let limit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
     // SAFETY: setrlimit is async-signal-safe and only lowers this child's own limit.
