@@ -141,4 +141,64 @@ mod tests {
         assert_eq!(slice.len(), 10_000 - 4096);
         assert_eq!(AlignedBuf::zeroed(0).as_ref().len(), 0);
     }
+
+    /// The whole write path's memory handling on the real device: a payload received into pooled
+    /// memory is staged through `TargetStore` from that memory (adopted, not copied), reads back
+    /// bit-exact, and the buffer is recycled for the next payload. Whole-unit and ragged lengths.
+    #[test]
+    fn a_received_payload_is_staged_from_its_own_memory_and_recycled() {
+        use crate::target::TargetStore;
+        use glommio::{LocalExecutorBuilder, Placement};
+        use r3fs_chunk::dma::{DmaDeviceConfig, buf_pool_stats};
+        use r3fs_chunk::{ChunkStore, StoreConfig};
+        use r3fs_craq::{PendingWrite, StorageOp, StorageResult, Update, Which};
+        use r3fs_types::{ChainVersion, ChunkId, ChunkVersion, InodeId};
+
+        let dir = tempfile::Builder::new().prefix("r3fs-storage-buf-").tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(DmaDeviceConfig::default().io_memory_bytes as usize)
+            .make()
+            .expect("executor");
+        executor.run(async move {
+            let device =
+                DmaDevice::open(&path, &DmaDeviceConfig::default()).await.expect("open device");
+            let config = StoreConfig { capacity_bytes: 256 << 20, ..StoreConfig::default() };
+            let (store, flusher) = ChunkStore::open(device, config).await.expect("open store");
+            glommio::spawn_local(flusher.run()).detach();
+            let target = TargetStore::new(store, 1 << 20);
+            for (i, len) in [(1u64, 1 << 20), (2, (1 << 20) - 1234), (3, 1 << 20)] {
+                let content: Vec<u8> = (0..len).map(|b| (b as u64 * 7 + i) as u8).collect();
+                // The first bytes arrived with the frame head, the rest from the "socket".
+                let mut socket = futures::io::Cursor::new(content[100..].to_vec());
+                let payload =
+                    read_payload_into(&mut socket, &content[..100], len).await.expect("read");
+                let before = buf_pool_stats();
+                let chunk = ChunkId::new(InodeId(9), i);
+                let write = PendingWrite {
+                    version: ChunkVersion(1),
+                    chain_version: ChainVersion(1),
+                    update: Update::Write { offset_bytes: 0, data: payload.clone() },
+                    tag: None,
+                    expected: None,
+                };
+                let staged = target.execute(StorageOp::WritePending { chunk, write }, None).await;
+                assert!(matches!(staged, StorageResult::Meta(_)), "{staged:?}");
+                assert_eq!(buf_pool_stats().adopted, before.adopted + 1, "staged without a copy");
+                assert_eq!(payload.as_ref(), &content[..], "the payload's bytes are untouched");
+                let commit = StorageOp::Commit { chunk, version: ChunkVersion(1) };
+                assert!(matches!(target.execute(commit, None).await, StorageResult::Meta(_)));
+                let full = StorageOp::ReadFull { chunk, which: Which::Committed };
+                let StorageResult::Data { data, .. } = target.execute(full, None).await else {
+                    panic!("read failed")
+                };
+                assert_eq!(data.as_ref(), &content[..]);
+                drop(payload);
+                if i == 3 {
+                    // Same size as the first payload, whose buffer went back to the pool.
+                    assert!(buf_pool_stats().reused > 0);
+                }
+            }
+        });
+    }
 }
