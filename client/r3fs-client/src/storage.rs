@@ -18,7 +18,7 @@
 //!   operation gives up after the retry bounds with R3FS-5005 RetriesExhausted.
 
 use crate::config::ClientConfig;
-use crate::conn::{Pool, PoolSettings, REQUEST_OVERHEAD_BYTES, Reply, TransportError};
+use crate::conn::{Destination, Pool, PoolSettings, REQUEST_OVERHEAD_BYTES, Reply, TransportError};
 use crate::error::{ClientError, ClientResult};
 use crate::plan::{FileMap, fill_piece};
 use crate::retry::{Attempts, Disposition, Op, disposition};
@@ -86,6 +86,40 @@ pub struct StorageStats {
     pub retries: u64,
     /// Item checksum mismatches detected on reads.
     pub checksum_mismatches: u64,
+    /// Read bytes the connection received straight into the caller's buffer.
+    pub read_bytes_in_place: u64,
+    /// Read bytes received into a reply buffer and then copied to the caller (replies that did
+    /// not fit the caller's buffer, or reads through [`StorageClient::read_chunks_with`]).
+    pub read_bytes_copied: u64,
+}
+
+/// What one read item found, inside the client.
+enum Got {
+    /// The bytes, in a reply buffer.
+    Data(Bytes),
+    /// This many bytes were received into the item's destination segment and verified.
+    InPlace(u32),
+    /// No such chunk.
+    Absent,
+}
+
+/// The caller's buffer cut into one segment per read item (pointer, length): where replies are
+/// received in place. Disjoint ranges of one `&mut [u8]` that the reading call borrows until it
+/// returns; see [`Destination`] for how they are lent to a connection.
+struct Segments(Vec<(*mut u8, usize)>);
+
+// SAFETY: the segments are disjoint parts of a `&mut [u8]` borrowed by the call that owns this
+// value; they are only accessed from that call (and, while a request is armed, by the
+// connection's reader under the destination's lock), never concurrently on the same bytes.
+unsafe impl Send for Segments {}
+// SAFETY: as above; shared references are only used to read the pointers.
+unsafe impl Sync for Segments {}
+
+impl Segments {
+    /// Segment `i` (a method, so closures capture the whole `Segments`, which is Send + Sync).
+    fn get(&self, i: usize) -> (*mut u8, usize) {
+        self.0[i]
+    }
 }
 
 /// Why one attempt failed.
@@ -278,6 +312,24 @@ impl StorageClient {
         payload_crc32c: u32,
         reply_bytes: u64,
     ) -> Result<(Reply, OwnedSemaphorePermit), Failure> {
+        self.call_into(snapshot, target, message, payload, payload_crc32c, reply_bytes, None).await
+    }
+
+    /// [`StorageClient::call`] whose reply payload may be received into `destination`, which is
+    /// disarmed when this returns or is dropped, whatever happened.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_into(
+        &self,
+        snapshot: &RoutingSnapshot,
+        target: TargetId,
+        message: &Message,
+        payload: &[u8],
+        payload_crc32c: u32,
+        reply_bytes: u64,
+        destination: Option<Arc<Destination>>,
+    ) -> Result<(Reply, OwnedSemaphorePermit), Failure> {
+        // Disarmed on every way out, also when no connection was reached.
+        let _disarm = destination.clone().map(DisarmGuard);
         let address = snapshot.address_of(target).ok_or_else(|| {
             Failure::new(
                 ErrorCode::TargetNotServing,
@@ -313,7 +365,7 @@ impl StorageClient {
             .await
             .map_err(|e| Failure::transport(e, target))?;
         let reply = connection
-            .call(message, payload, payload_crc32c, window, timeout)
+            .call_into(message, payload, payload_crc32c, window, timeout, destination)
             .await
             .map_err(|e| Failure::transport(e, target))?;
         Ok((reply, global))
@@ -533,6 +585,30 @@ impl StorageClient {
         items: &[ChunkRead],
         mut sink: impl FnMut(usize, ReadData),
     ) -> ClientResult<()> {
+        self.read_items(items, None, |i, got| match got {
+            Got::Data(bytes) => sink(i, ReadData::Data(bytes)),
+            Got::Absent => sink(i, ReadData::Absent),
+            Got::InPlace(_) => unreachable!("no destination was given"),
+        })
+        .await
+    }
+
+    /// Reads every range and calls `sink(index, got)` exactly once per item, as replies arrive.
+    /// With `segments` (one per item, at least the item's length), replies are received into
+    /// them when they fit ([`Got::InPlace`]); a segment's bytes are then only reported after
+    /// their CRC32C checked out, and on an error return the segments hold unspecified bytes.
+    async fn read_items(
+        &self,
+        items: &[ChunkRead],
+        segments: Option<&Segments>,
+        mut sink: impl FnMut(usize, Got),
+    ) -> ClientResult<()> {
+        if let Some(segments) = segments {
+            assert_eq!(segments.0.len(), items.len(), "one segment per item");
+            for (item, &(_, len)) in items.iter().zip(&segments.0) {
+                assert!(item.length as usize <= len, "a segment holds its item");
+            }
+        }
         for item in items {
             if u64::from(item.offset) + u64::from(item.length)
                 > u64::from(r3fs_types::layout::CHUNK_SIZE_MAX)
@@ -545,7 +621,7 @@ impl StorageClient {
         }
         let mut pending: Vec<usize> = (0..items.len()).filter(|&i| items[i].length > 0).collect();
         for i in (0..items.len()).filter(|&i| items[i].length == 0) {
-            sink(i, ReadData::Data(Bytes::new()));
+            sink(i, Got::Data(Bytes::new()));
         }
         let mut attempts = Attempts::new(&self.inner.config.retry);
         // Per item: targets that failed it, and whether to read it from the tail.
@@ -569,7 +645,7 @@ impl StorageClient {
                 .map(|batch| {
                     let snapshot = &snapshot;
                     async move {
-                        let result = self.read_batch(snapshot, items, &batch).await;
+                        let result = self.read_batch(snapshot, items, &batch, segments).await;
                         (batch, result)
                     }
                 })
@@ -577,7 +653,7 @@ impl StorageClient {
             while let Some((batch, result)) = running.next().await {
                 match result {
                     Ok((reply, _windows)) => {
-                        self.deliver_batch(items, &batch, reply, &mut sink, &mut failures)
+                        self.deliver_batch(items, &batch, reply, segments, &mut sink, &mut failures)
                     }
                     Err(failure) => failures.extend(
                         batch.entries.iter().map(|&(i, target)| (i, failure.clone().at(target))),
@@ -718,6 +794,7 @@ impl StorageClient {
         snapshot: &RoutingSnapshot,
         items: &[ChunkRead],
         batch: &ReadBatch,
+        segments: Option<&Segments>,
     ) -> Result<(Reply, OwnedSemaphorePermit), Failure> {
         let request = BatchReadRequest {
             items: batch
@@ -738,7 +815,15 @@ impl StorageClient {
         });
         // Every entry of a batch shares the address; any of its targets names the connection.
         let target = batch.entries[0].1;
-        self.call(snapshot, target, &Message::from(request), &[], 0, batch.bytes).await
+        // SAFETY: the batch's items are distinct, so their segments are disjoint parts of the
+        // caller's buffer; no other request of this read is armed over them (an item is sent
+        // again only after its failed request returned, which disarmed it), and the caller
+        // touches a segment only once its item was delivered or the read ended.
+        let destination = segments.map(|segments| unsafe {
+            Destination::new(batch.entries.iter().map(|&(i, _)| segments.get(i)).collect())
+        });
+        self.call_into(snapshot, target, &Message::from(request), &[], 0, batch.bytes, destination)
+            .await
     }
 
     /// Checks a batch reply item by item and hands good data to the sink.
@@ -747,10 +832,17 @@ impl StorageClient {
         items: &[ChunkRead],
         batch: &ReadBatch,
         reply: Reply,
-        sink: &mut impl FnMut(usize, ReadData),
+        segments: Option<&Segments>,
+        sink: &mut impl FnMut(usize, Got),
         failures: &mut Vec<(usize, Failure)>,
     ) {
         let payload = reply.frame.payload.clone();
+        // In place: the bytes are in the segments, and `call_into` has disarmed the destination,
+        // so they are this read's own again.
+        let in_place = match segments {
+            Some(segments) if reply.in_place => Some(segments),
+            _ => None,
+        };
         let Message::BatchReadReply(answer) = reply.frame.message else {
             let failure =
                 Failure::new(ErrorCode::MalformedFrame, "batch read answered with another kind");
@@ -798,8 +890,15 @@ impl StorageClient {
                     .at(target),
                 )),
                 Outcome::Ok => {
-                    let data = payload.slice(range);
-                    let actual = if verified { item.crc32c } else { crc32c::crc32c(&data) };
+                    let data: &[u8] = match in_place {
+                        // SAFETY: the segment holds at least `item.length` bytes (checked
+                        // above and by the reader), and nothing else touches it now.
+                        Some(segments) => unsafe {
+                            std::slice::from_raw_parts(segments.get(i).0, item.length as usize)
+                        },
+                        None => &payload[range.clone()],
+                    };
+                    let actual = if verified { item.crc32c } else { crc32c::crc32c(data) };
                     if actual != item.crc32c {
                         self.count(|s| s.checksum_mismatches += 1);
                         failures.push((
@@ -810,11 +909,15 @@ impl StorageClient {
                             )
                             .at(target),
                         ));
+                    } else if in_place.is_some() {
+                        self.count(|s| s.read_bytes_in_place += u64::from(item.length));
+                        sink(i, Got::InPlace(item.length));
                     } else {
-                        sink(i, ReadData::Data(data));
+                        self.count(|s| s.read_bytes_copied += u64::from(item.length));
+                        sink(i, Got::Data(payload.slice(range)));
                     }
                 }
-                Outcome::Failed(ErrorCode::ChunkNotFound) => sink(i, ReadData::Absent),
+                Outcome::Failed(ErrorCode::ChunkNotFound) => sink(i, Got::Absent),
                 Outcome::Failed(code) => {
                     failures.push((
                         i,
@@ -1029,11 +1132,30 @@ impl StorageClient {
                 length: p.piece.len,
             })
             .collect();
-        self.read_chunks_with(&items, |i, data| {
-            let out = &mut buf[pieces[i].piece.buf_range()];
-            match &data {
-                ReadData::Data(bytes) => fill_piece(out, Some(bytes)),
-                ReadData::Absent => fill_piece(out, None),
+        // Replies are received straight into `buf` where they fit (see `read_items`); from here
+        // on `buf` is only reached through these disjoint segments.
+        let segments = {
+            let base = buf.as_mut_ptr();
+            Segments(
+                pieces
+                    .iter()
+                    .map(|p| {
+                        let range = p.piece.buf_range();
+                        // SAFETY: the plan's pieces lie inside `buf` (plan.rs, property-tested).
+                        (unsafe { base.add(range.start) }, range.len())
+                    })
+                    .collect(),
+            )
+        };
+        self.read_items(&items, Some(&segments), |i, got| {
+            let (ptr, len) = segments.get(i);
+            // SAFETY: item `i` is delivered once, after every request over its segment was
+            // disarmed; the segment is a disjoint part of `buf`.
+            let out = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
+            match got {
+                Got::Data(bytes) => fill_piece(out, Some(&bytes)),
+                Got::InPlace(n) => out[n as usize..].fill(0),
+                Got::Absent => fill_piece(out, None),
             }
         })
         .await
@@ -1085,6 +1207,15 @@ impl StorageClient {
 
 /// Items of one batch read: all to one address.
 #[derive(Debug)]
+/// Disarms a destination when dropped.
+struct DisarmGuard(Arc<Destination>);
+
+impl Drop for DisarmGuard {
+    fn drop(&mut self) {
+        self.0.disarm();
+    }
+}
+
 struct ReadBatch {
     address: SocketAddr,
     /// (item index, target chosen for it).
