@@ -202,19 +202,8 @@ async fn fill(
 /// Reads every acknowledged chunk from every replica and compares bytes; also checks that the
 /// chunks the model says were never acknowledged-and-kept are absent or unchanged is not
 /// claimed: only acknowledged content is asserted.
-async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
-    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
-    let snapshot = wait_serving(admin, CHAIN, all.clone()).await;
-    for target in &all {
-        let address = snapshot.address_of(*target).expect("replica address");
-        let mut client = DataClient::connect(address).await.expect("connect to a replica");
-        for (chunk, expected) in &model.acked {
-            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
-            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
-            assert!(bytes == *expected, "target {target} chunk {chunk}: bytes differ");
-        }
-    }
-    all.len()
+async fn verify(admin: &MgmtdClient, model: &Model) -> usize {
+    verify_all_replicas(admin, CHAIN, &MEMBERS, &model.acked).await
 }
 
 /// Restarts each daemon on a small disk in turn (SIGTERM, start on the same full disk) and waits
@@ -271,13 +260,13 @@ async fn fill_verify_restart_free(name: &str, small: &[u32]) {
         assert!(running, "daemon {node} keeps running on a full disk");
     }
     // Reads keep working, from every replica.
-    let replicas = verify_all_replicas(&admin, &model).await;
+    let replicas = verify(&admin, &model).await;
 
     // The chunk store's metadata survives a restart on a full disk.
     let restart_started = Instant::now();
     restart_full(&mut setup).await;
     let restarted_after = restart_started.elapsed();
-    verify_all_replicas(&admin, &model).await;
+    verify(&admin, &model).await;
 
     // Removing chunks frees space: writes succeed again.
     let removed: Vec<ChunkId> = model.acked.keys().copied().step_by(2).collect();
@@ -289,7 +278,7 @@ async fn fill_verify_restart_free(name: &str, small: &[u32]) {
     check_clean_no_space(code);
     let refilled = model.acks - acked_before_refill;
     assert!(refilled > 0, "writes succeed again after chunks were removed");
-    verify_all_replicas(&admin, &model).await;
+    verify(&admin, &model).await;
 
     println!(
         "{name}: {acked_when_full} whole-chunk writes acknowledged before the first NoSpace \

@@ -21,13 +21,10 @@ mod common;
 
 use common::load::*;
 use common::*;
-use r3fs_rpc::mgmtd_client::MgmtdClient;
 use r3fs_storage::client::DataClient;
 use r3fs_testkit::cluster::{Cluster, ClusterBuilder};
 use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, TargetId};
 use r3fs_wire::Outcome;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The tests of this file run one at a time: each starts four processes, and 2-core CI runners
@@ -43,46 +40,19 @@ async fn start_cluster(builder: ClusterBuilder) -> Cluster {
     cluster
 }
 
-/// Reads every chunk of the model from every replica of the chain and compares.
-async fn verify_all_replicas(admin: &MgmtdClient, model: &Model) -> usize {
-    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
-    let snapshot = wait_serving(admin, CHAIN, all.clone()).await;
-    let mut replicas = 0;
-    for target in all {
-        let address = snapshot.address_of(target).expect("replica address");
-        let mut client = DataClient::connect(address).await.expect("connect to a replica");
-        for (chunk, expected) in &model.acked {
-            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
-            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
-            assert!(
-                bytes == *expected,
-                "target {target} chunk {chunk}: {} bytes differ from the {} acknowledged",
-                bytes.len(),
-                expected.len()
-            );
-        }
-        replicas += 1;
-    }
-    replicas
-}
-
 /// Kills `victim` after some acknowledged writes, lets the chain run without it, brings it back,
 /// waits for it to serve again while writes continue, then verifies everything.
 async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = start_cluster(storage_cluster(3)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let fenced_seen = Arc::new(AtomicU64::new(0));
-    let task =
-        tokio::spawn(writer(cluster.admin().clone(), stop.clone(), acks.clone(), fenced_seen));
+    let load = Load::start(cluster.admin().clone());
 
-    wait_acks(&acks, 60, "before the kill");
-    let before_kill = acks.load(Ordering::SeqCst);
+    load.wait_acks(60, "before the kill");
+    let before_kill = load.acks();
     let killed_at = Instant::now();
     cluster.kill9_storage(victim_node);
     // The chain continues without the victim.
-    wait_acks(&acks, before_kill + 60, "without the victim");
+    load.wait_acks(before_kill + 60, "without the victim");
     let degraded_after = killed_at.elapsed();
     let snapshot = routing(cluster.admin()).await.expect("routing");
     let chain = &snapshot.chains[&ChainId(CHAIN)];
@@ -98,14 +68,10 @@ async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
     let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
     wait_serving(cluster.admin(), CHAIN, all).await;
     let rejoined_after = restarted_at.elapsed();
-    let at_rejoin = acks.load(Ordering::SeqCst);
-    wait_acks(&acks, at_rejoin + 30, "after the rejoin");
-    stop.store(true, Ordering::SeqCst);
-    let model = tokio::time::timeout(Duration::from_secs(120), task)
-        .await
-        .expect("writer stops")
-        .expect("writer task");
-    let replicas = verify_all_replicas(cluster.admin(), &model).await;
+    let at_rejoin = load.acks();
+    load.wait_acks(at_rejoin + 30, "after the rejoin");
+    let model = load.finish().await;
+    let replicas = verify_all_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked).await;
     println!(
         "{name}: {} acknowledged writes ({} during the outage and resync) verified on {replicas} \
          replicas over {} chunks; longest gap between acknowledgements {:?}; 60 writes after the \
@@ -138,16 +104,8 @@ async fn mgmtd_restart_fences_and_resumes() {
     let _serial = ONE_AT_A_TIME.lock().await;
     // mgmtd's KV on disk (fjall), so it can be killed and started again.
     let mut cluster = start_cluster(storage_cluster(3).mgmtd_kv_on_disk()).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let fenced_seen = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(writer(
-        cluster.admin().clone(),
-        stop.clone(),
-        acks.clone(),
-        fenced_seen.clone(),
-    ));
-    wait_acks(&acks, 60, "before mgmtd dies");
+    let load = Load::start(cluster.admin().clone());
+    load.wait_acks(60, "before mgmtd dies");
     let routing_before = routing(cluster.admin()).await.expect("routing");
     let killed_at = Instant::now();
     cluster.mgmtd().proc().kill9();
@@ -156,7 +114,7 @@ async fn mgmtd_restart_fences_and_resumes() {
     // read sent straight to the tail is refused too.
     let fenced =
         r3fs_testkit::wait_until(Duration::from_secs(60), Duration::from_millis(5), || {
-            fenced_seen.load(Ordering::SeqCst) > 0
+            load.fenced() > 0
         });
     assert!(fenced, "no write was refused with Fenced while mgmtd was down");
     let fenced_after = killed_at.elapsed();
@@ -185,20 +143,16 @@ async fn mgmtd_restart_fences_and_resumes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let acks_while_down = acks.load(Ordering::SeqCst);
+    let acks_while_down = load.acks();
 
     // mgmtd comes back on the same address and KV; the daemons heartbeat again, apply its
     // routing and lift the fence.
     let restarted_at = Instant::now();
     cluster.restart_mgmtd();
-    wait_acks(&acks, acks_while_down + 60, "after mgmtd's restart");
+    load.wait_acks(acks_while_down + 60, "after mgmtd's restart");
     let resumed_after = restarted_at.elapsed();
-    stop.store(true, Ordering::SeqCst);
-    let model = tokio::time::timeout(Duration::from_secs(120), task)
-        .await
-        .expect("writer stops")
-        .expect("writer task");
-    let replicas = verify_all_replicas(cluster.admin(), &model).await;
+    let model = load.finish().await;
+    let replicas = verify_all_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked).await;
     println!(
         "mgmtd kill -9 and restart: {} acknowledged writes verified on {replicas} replicas over {} \
          chunks; first Fenced refusal {:?} after the kill; 60 writes acknowledged {:?} after \

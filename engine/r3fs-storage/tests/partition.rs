@@ -26,7 +26,7 @@ use r3fs_types::{ChainId, ChunkId, ErrorCode, InodeId, PublicTargetState, Target
 use r3fs_wire::Outcome;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const MEMBERS: [(u64, u32); 3] = [(101, 2), (102, 3), (103, 4)];
@@ -103,34 +103,19 @@ async fn stale_client(
 
 /// Reads every chunk of `writer` (compared whole) and of `stale` (compared at the places it
 /// acknowledged: its writes in doubt may have landed elsewhere) from every replica.
-async fn verify_all_replicas(admin: &MgmtdClient, writer: &Model, stale: &Model) -> usize {
-    let all: Vec<TargetId> = MEMBERS.iter().map(|m| TargetId(m.0)).collect();
-    let snapshot = wait_serving(admin, CHAIN, all.clone()).await;
-    for target in &all {
-        let address = snapshot.address_of(*target).expect("replica address");
-        let mut client = DataClient::connect(address).await.expect("connect to a replica");
-        for (chunk, expected) in &writer.acked {
-            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
-            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
-            assert!(bytes == *expected, "target {target} chunk {chunk}: bytes differ");
-        }
-        for (chunk, expected) in &stale.acked {
-            let (outcome, bytes) = read(&mut client, CHAIN, *chunk, 0, CHUNK_SIZE).await;
-            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
-            assert!(bytes.len() >= expected.len(), "target {target} chunk {chunk} is short");
-            // All-zero places of the model are holes (never acknowledged); the pattern never
-            // produces 32 KiB of zeros.
-            let lost = expected
-                .chunks(WRITE_BYTES)
-                .zip(bytes.chunks(WRITE_BYTES))
-                .any(|(e, b)| e.iter().any(|x| *x != 0) && e != b);
-            assert!(
-                !lost,
-                "target {target} chunk {chunk}: a write the old head acknowledged is lost"
-            );
-        }
-    }
-    all.len()
+async fn verify(admin: &MgmtdClient, writer: &Model, stale: &Model) -> usize {
+    verify_all_replicas(admin, CHAIN, &MEMBERS, &writer.acked).await;
+    verify_replicas_with(admin, CHAIN, &MEMBERS, &stale.acked, |target, chunk, expected, bytes| {
+        assert!(bytes.len() >= expected.len(), "target {target} chunk {chunk} is short");
+        // All-zero places of the model are holes (never acknowledged); the pattern never
+        // produces 32 KiB of zeros.
+        let lost = expected
+            .chunks(WRITE_BYTES)
+            .zip(bytes.chunks(WRITE_BYTES))
+            .any(|(e, b)| e.iter().any(|x| *x != 0) && e != b);
+        assert!(!lost, "target {target} chunk {chunk}: a write the old head acknowledged is lost");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,15 +157,12 @@ async fn partitioned_head_fences_and_rejoins() {
     assert_eq!(old_head.ip().to_string(), net.address(head_node), "the head advertises its ns");
     let old_version = before.chains[&ChainId(CHAIN)].chain_version;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(AtomicU64::new(0));
-    let fenced_seen = Arc::new(AtomicU64::new(0));
-    let task = tokio::spawn(writer(admin.clone(), stop.clone(), acks.clone(), fenced_seen.clone()));
-    wait_acks(&acks, 60, "before the partition");
+    let load = Load::start(admin.clone());
+    load.wait_acks(60, "before the partition");
 
     // Cut the head from mgmtd; clients still reach it.
     let cut_at = Instant::now();
-    let acks_at_cut = acks.load(Ordering::SeqCst);
+    let acks_at_cut = load.acks();
     net.block(head_node, &net.address(MGMTD_NS));
     let stale_stop = Arc::new(AtomicBool::new(false));
     let stale_task = tokio::spawn(stale_client(old_head, old_version, cut_at, stale_stop.clone()));
@@ -194,10 +176,10 @@ async fn partitioned_head_fences_and_rejoins() {
     })
     .await;
     let failover_after = cut_at.elapsed();
-    wait_acks(&acks, acks.load(Ordering::SeqCst) + 60, "on the new head");
+    load.wait_acks(load.acks() + 60, "on the new head");
     // Keep the partition a while longer so the stale client probes the fenced head for long.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let acks_partitioned = acks.load(Ordering::SeqCst) - acks_at_cut;
+    let acks_partitioned = load.acks() - acks_at_cut;
 
     // Heal: the old head reaches mgmtd again, resyncs and serves.
     let healed_at = Instant::now();
@@ -210,13 +192,9 @@ async fn partitioned_head_fences_and_rejoins() {
         .await
         .expect("stale client stops")
         .expect("stale client task");
-    let at_rejoin = acks.load(Ordering::SeqCst);
-    wait_acks(&acks, at_rejoin + 30, "after the rejoin");
-    stop.store(true, Ordering::SeqCst);
-    let model = tokio::time::timeout(Duration::from_secs(120), task)
-        .await
-        .expect("writer stops")
-        .expect("writer task");
+    let at_rejoin = load.acks();
+    load.wait_acks(at_rejoin + 30, "after the rejoin");
+    let model = load.finish().await;
 
     assert!(
         stale.first_fenced.is_some(),
@@ -227,7 +205,7 @@ async fn partitioned_head_fences_and_rejoins() {
         stale.acks_after_fenced, 0,
         "the cut-off head acknowledged writes after it had fenced itself"
     );
-    let replicas = verify_all_replicas(&admin, &model, &stale.model).await;
+    let replicas = verify(&admin, &model, &stale.model).await;
     println!(
         "network partition of the chain head from mgmtd: {} writer acknowledgements ({} while \
          the head was cut off) and {} acknowledged by the old head to a stale client, all \

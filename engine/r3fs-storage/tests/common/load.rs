@@ -140,8 +140,51 @@ pub async fn writer(
     model
 }
 
+/// [`writer`] running in the background: its progress, and how to stop it.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicU64>,
+    fenced_seen: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Model>,
+}
+
+impl Load {
+    /// Starts the writer on the current runtime.
+    pub fn start(admin: MgmtdClient) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicU64::new(0));
+        let fenced_seen = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(writer(admin, stop.clone(), acks.clone(), fenced_seen.clone()));
+        Load { stop, acks, fenced_seen, task }
+    }
+
+    /// Writes acknowledged so far.
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::SeqCst)
+    }
+
+    /// Attempts refused with `Fenced` so far.
+    pub fn fenced(&self) -> u64 {
+        self.fenced_seen.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until the writer has `at_least` acknowledgements (120 s at the most).
+    pub fn wait_acks(&self, at_least: u64, what: &str) {
+        wait_acks(&self.acks, at_least, what);
+    }
+
+    /// Stops the writer once its write in flight is acknowledged; returns its model.
+    pub async fn finish(self) -> Model {
+        self.stop.store(true, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(120), self.task)
+            .await
+            .expect("writer stops")
+            .expect("writer task")
+    }
+}
+
 /// Blocks until the writer has `at_least` acknowledgements (120 s at the most).
-pub fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
+fn wait_acks(acks: &AtomicU64, at_least: u64, what: &str) {
     let reached =
         r3fs_testkit::wait_until(Duration::from_secs(120), Duration::from_millis(5), || {
             acks.load(Ordering::SeqCst) >= at_least

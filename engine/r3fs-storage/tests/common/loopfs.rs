@@ -2,11 +2,11 @@
 //! temp dir, unmounted when dropped (also when the test panics). Needs root and loop devices;
 //! [`LoopFs::create`] says why when it cannot run, so the caller skips with that reason.
 
+use super::run;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
 
@@ -16,23 +16,6 @@ pub struct LoopFs {
     mounted: bool,
     /// Holds the image file and the mount point; removed after the unmount.
     dir: TempDir,
-}
-
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
 }
 
 impl LoopFs {

@@ -18,6 +18,7 @@ use r3fs_types::{
     ChainId, ChainVersion, ChunkId, ChunkVersion, ClientId, PublicTargetState, TargetId,
 };
 use r3fs_wire::{BatchReadItem, BatchReadRequest, Outcome, UpdateKind, UpdateReply, UpdateRequest};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub const CHUNK_SIZE: u32 = 1 << 20;
@@ -62,6 +63,66 @@ pub async fn wait_serving(
         (all && serving.iter().all(|t| snapshot.address_of(*t).is_some())).then_some(snapshot)
     })
     .await
+}
+
+/// Waits until every target of `members` serves, then reads every chunk of `acked` from each
+/// replica and compares it whole with the acknowledged content. Returns how many replicas.
+pub async fn verify_all_replicas(
+    admin: &MgmtdClient,
+    chain: u32,
+    members: &[(u64, u32)],
+    acked: &BTreeMap<ChunkId, Vec<u8>>,
+) -> usize {
+    verify_replicas_with(admin, chain, members, acked, |target, chunk, expected, bytes| {
+        assert!(
+            bytes == expected,
+            "target {target} chunk {chunk}: {} bytes differ from the {} acknowledged",
+            bytes.len(),
+            expected.len()
+        );
+    })
+    .await
+}
+
+/// Like [`verify_all_replicas`], with `check(target, chunk, expected, read)` judging the bytes
+/// (every read must still succeed).
+pub async fn verify_replicas_with(
+    admin: &MgmtdClient,
+    chain: u32,
+    members: &[(u64, u32)],
+    acked: &BTreeMap<ChunkId, Vec<u8>>,
+    check: impl Fn(TargetId, ChunkId, &[u8], &[u8]),
+) -> usize {
+    let all: Vec<TargetId> = members.iter().map(|m| TargetId(m.0)).collect();
+    let snapshot = wait_serving(admin, chain, all.clone()).await;
+    for &target in &all {
+        let address = snapshot.address_of(target).expect("replica address");
+        let mut client = DataClient::connect(address).await.expect("connect to a replica");
+        for (&chunk, expected) in acked {
+            let (outcome, bytes) = read(&mut client, chain, chunk, 0, CHUNK_SIZE).await;
+            assert_eq!(outcome, Outcome::Ok, "target {target} chunk {chunk}");
+            check(target, chunk, expected, &bytes);
+        }
+    }
+    all.len()
+}
+
+/// Runs `program` with `args` to completion; Err names the command and its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 pub fn write_request(

@@ -5,8 +5,6 @@
 //! heals it. Everything is deleted on drop, also when the test panics. Needs root and `ip`;
 //! [`Net::create`] says why when it cannot run, so the caller skips with that reason.
 
-use std::process::Command;
-
 pub struct Net {
     /// Prefix of every name made here (unique per process).
     prefix: String,
@@ -16,19 +14,8 @@ pub struct Net {
     namespaces: Vec<String>,
 }
 
-pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
-    let output =
-        Command::new("ip").args(args).output().map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
+fn ip(args: &[&str]) -> Result<(), String> {
+    super::run("ip", args)
 }
 
 impl Net {
