@@ -584,18 +584,19 @@ impl Drop for SharedPayload {
 /// [`SharedPayload`] of this thread, that buffer is the payload's own memory and the result says
 /// `true`: the caller must not copy `data` into it (its bytes already are `data`).
 pub fn adopting<R>(data: &[u8], alloc: impl FnOnce() -> R) -> (R, bool) {
-    let offered = POOL.try_with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let slot = pool.shared.get(&(data.as_ptr() as usize))?.upgrade()?;
-        if slot.shared_len.get() != data.len() || data.is_empty() {
-            return None;
-        }
-        pool.offered = Some(slot);
-        Some(())
-    });
-    if !matches!(offered, Ok(Some(()))) {
+    // Every `Rc<Slot>` is moved out of the pool's borrow before it can drop: a slot's drop
+    // borrows the pool itself.
+    let found = POOL
+        .try_with(|pool| {
+            pool.borrow().shared.get(&(data.as_ptr() as usize)).and_then(Weak::upgrade)
+        })
+        .ok()
+        .flatten();
+    let Some(slot) = found.filter(|s| !data.is_empty() && s.shared_len.get() == data.len()) else {
         return (alloc(), false);
-    }
+    };
+    let stale = POOL.with(|pool| pool.borrow_mut().offered.replace(slot));
+    drop(stale);
     let result = alloc();
     let unused = POOL.with(|pool| pool.borrow_mut().offered.take());
     (result, unused.is_none())
@@ -830,6 +831,20 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(free_bytes(), 0, "the other thread touched neither pool");
+    }
+
+    #[test]
+    fn an_offer_nobody_takes_is_withdrawn() {
+        let mut payload = PayloadBuf::new(SIZE);
+        payload.as_mut().fill(2);
+        let shared = payload.share();
+        // The closure asks for no device buffer: not adopted, and the offer does not linger.
+        let ((), adopted) = adopting(shared.as_ref(), || ());
+        assert!(!adopted);
+        assert!(POOL.with(|pool| pool.borrow().offered.is_none()));
+        drop(shared);
+        assert_eq!(free_bytes(), SIZE, "the payload's buffer went back to the pool");
+        assert!(POOL.with(|pool| pool.borrow().shared.is_empty()));
     }
 
     fn run_glommio<T: Send + 'static>(future: impl Future<Output = T> + 'static) -> T {
