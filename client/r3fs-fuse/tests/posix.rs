@@ -3,13 +3,15 @@
 //! with replication-3 chains, meta) on loopback.
 //!
 //! One cluster serves every scenario (starting it dominates the cost), so this file has its own
-//! harness (`harness = false`): it boots the cluster once, runs each scenario in its own
-//! directory of the mount, catches a failing scenario's panic so the others still run, always
-//! unmounts and stops the daemons, and fails if any scenario failed. `cargo test -p r3fs-fuse
-//! --test posix -- <filter>` runs the scenarios whose name contains the filter.
+//! harness (`harness = false`): it boots the cluster once with r3fs-testkit's [`Cluster`]
+//! (mounted on `<dir>/mnt`), runs each scenario in its own directory of the mount, catches a
+//! failing scenario's panic so the others still run, always unmounts and stops the daemons, and
+//! fails if any scenario failed. `cargo test -p r3fs-fuse --test posix -- <filter>` runs the
+//! scenarios whose name contains the filter.
 
-mod support;
-
+use r3fs_testkit::cluster::{
+    Cluster, FUSE_SUPER_MAGIC, FuseMount, MetaAuth, Role, fuse_unavailable, statfs_type,
+};
 use rand::{RngCore, SeedableRng};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,7 +19,16 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{CHUNK, Cluster, FUSE_SUPER_MAGIC, Mounted, statfs_type};
+
+/// Chunk size of the root layout: a 1 MiB kernel write spans two chunks.
+const CHUNK: usize = 512 << 10;
+
+/// What a scenario may use of the mount besides its own directory.
+struct Mounted {
+    mountpoint: PathBuf,
+    /// The mounted daemon's config (a second daemon started with it finds the mount busy).
+    config: PathBuf,
+}
 
 type Scenario = fn(&Mounted, &Path);
 
@@ -41,8 +52,8 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 ];
 
 fn main() {
-    if let Some(reason) = support::fuse_unavailable() {
-        println!("skipped: {reason}");
+    if let Some(reason) = fuse_unavailable() {
+        println!("skipped: FUSE tests need a mount: {reason}");
         return;
     }
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -54,11 +65,30 @@ fn main() {
         println!("no scenario matches {args:?}");
         return;
     }
-    let cluster = Cluster::start();
-    let mounted = Mounted::start(&cluster);
+    // The daemons' admin client lives on this runtime: it outlives the cluster.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the cluster");
+    let mut cluster = runtime.block_on(
+        Cluster::builder("fuse-test")
+            .chunk_size(CHUNK as u32)
+            .target_capacity(512 << 20)
+            .meta(MetaAuth::Mgmtd)
+            .fuse()
+            .config(Role::Fuse, "[client.file]\nlength_report_interval_ms = 1000")
+            .log(Role::Storage, "warn")
+            .binary(Role::Fuse, env!("CARGO_BIN_EXE_r3fs-fuse"))
+            .start(),
+    );
+    let mount = cluster.fuse().expect("the builder's .fuse() mount");
+    let mounted = Mounted {
+        mountpoint: mount.mountpoint().to_path_buf(),
+        config: mount.daemon().config_path().to_path_buf(),
+    };
     let mut failed = Vec::new();
     for (name, scenario) in selected {
-        let dir = mounted.path(name);
+        let dir = mounted.mountpoint.join(name);
         fs::create_dir(&dir).expect("create the scenario directory");
         println!("scenario {name} ...");
         let started = std::time::Instant::now();
@@ -73,13 +103,15 @@ fn main() {
             }
         }
     }
-    let mut mounted = mounted;
-    let clean = sigterm_unmounts(&mut mounted);
-    drop(mounted);
-    drop(cluster);
-    if !clean {
+    if !sigterm_unmounts(cluster.fuse().expect("the mount")) {
         failed.push("sigterm_unmounts");
     }
+    let problems = cluster.stop();
+    if !problems.is_empty() {
+        println!("the daemons did not stop cleanly:\n{}", problems.join("\n"));
+        failed.push("clean_stop");
+    }
+    drop(runtime);
     if !failed.is_empty() {
         eprintln!("failed scenarios: {failed:?}");
         std::process::exit(1);
@@ -598,19 +630,19 @@ fn fio(_m: &Mounted, dir: &Path) {
 
 fn busy_mountpoint(m: &Mounted, dir: &Path) {
     // A second daemon on the same mount point refuses with a clear message; so does a file.
-    let config = m.mountpoint.parent().expect("parent").join("fuse.toml");
-    let out = Command::new(r3fs_testkit::binary("r3fs-fuse", "r3fs-fuse"))
+    let config = &m.config;
+    let out = Command::new(env!("CARGO_BIN_EXE_r3fs-fuse"))
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .output()
         .expect("run r3fs-fuse");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("busy"), "{stderr}");
     fs::write(dir.join("file"), b"x").expect("write");
-    let out = Command::new(r3fs_testkit::binary("r3fs-fuse", "r3fs-fuse"))
+    let out = Command::new(env!("CARGO_BIN_EXE_r3fs-fuse"))
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .arg("--mountpoint")
         .arg(dir.join("file"))
         .output()
@@ -621,17 +653,17 @@ fn busy_mountpoint(m: &Mounted, dir: &Path) {
 }
 
 /// SIGTERM unmounts cleanly: the daemon exits 0 and the directory is no longer a FUSE mount.
-fn sigterm_unmounts(mounted: &mut Mounted) -> bool {
+fn sigterm_unmounts(mount: &mut FuseMount) -> bool {
     println!("scenario sigterm_unmounts ...");
-    let exited_cleanly = mounted.fuse.terminate(Duration::from_secs(30));
-    let unmounted = statfs_type(&mounted.mountpoint) != Some(FUSE_SUPER_MAGIC);
+    let exited_cleanly = mount.daemon().proc().terminate(Duration::from_secs(30));
+    let unmounted = statfs_type(mount.mountpoint()) != Some(FUSE_SUPER_MAGIC);
     let ok = exited_cleanly && unmounted;
     if ok {
         println!("scenario sigterm_unmounts ok");
     } else {
         println!(
             "scenario sigterm_unmounts FAILED (clean exit {exited_cleanly}, unmounted {unmounted}); output:\n{}",
-            mounted.fuse.output().join("\n")
+            mount.daemon().proc().output().join("\n")
         );
     }
     ok
