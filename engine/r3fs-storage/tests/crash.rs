@@ -18,6 +18,8 @@ const CHUNKS: u64 = 6;
 const WRITE_BYTES: usize = 64 << 10;
 const ACKS_BEFORE_KILL: u64 = 40;
 const WRITES_MAX: u64 = 100_000;
+/// Retryable refusals of one write before the test fails (20 ms apart).
+const RETRIES_MAX: u32 = 500;
 
 /// What the writer knows when the connection dies: the acknowledged content of every chunk and
 /// the write that was in flight.
@@ -52,16 +54,30 @@ async fn acknowledged_writes_survive_sigkill() {
             let data = pattern(i, WRITE_BYTES);
             model.in_flight = Some((chunk, offset, data.clone()));
             let request = write_request(CHAIN, version, chunk, offset as u32, &data, 1, i + 1);
-            match client.update(request, &data).await {
-                Ok(reply) if reply.outcome == Outcome::Ok => {
-                    apply(model.acked.entry(chunk).or_default(), offset, &data);
-                    model.in_flight = None;
-                    model.acks += 1;
-                    writer_acks.store(model.acks, Ordering::SeqCst);
+            // A retryable refusal (the daemon applies mgmtd's routing a moment after mgmtd
+            // publishes it: TargetNotServing) is retried with the same sequence, a bounded
+            // number of times; any other refusal fails the test.
+            let mut refusals = 0;
+            loop {
+                match client.update(request.clone(), &data).await {
+                    Ok(reply) if reply.outcome == Outcome::Ok => break,
+                    Ok(reply) => {
+                        let retryable =
+                            matches!(reply.outcome, Outcome::Failed(c) if c.is_retryable());
+                        refusals += 1;
+                        assert!(
+                            retryable && refusals < RETRIES_MAX,
+                            "write {i} refused: {reply:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(_) => return model, // the daemon died
                 }
-                Ok(reply) => panic!("write {i} refused: {reply:?}"),
-                Err(_) => return model, // the daemon died
             }
+            apply(model.acked.entry(chunk).or_default(), offset, &data);
+            model.in_flight = None;
+            model.acks += 1;
+            writer_acks.store(model.acks, Ordering::SeqCst);
         }
         model
     });
