@@ -71,7 +71,8 @@ async fn kill_and_rejoin(name: &str, victim_node: u32, victim_target: u64) {
     let at_rejoin = load.acks();
     load.wait_acks(at_rejoin + 30, "after the rejoin");
     let model = load.finish().await;
-    let replicas = verify_all_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked).await;
+    let replicas =
+        verify_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked, same_bytes).await;
     println!(
         "{name}: {} acknowledged writes ({} during the outage and resync) verified on {replicas} \
          replicas over {} chunks; longest gap between acknowledgements {:?}; 60 writes after the \
@@ -152,7 +153,8 @@ async fn mgmtd_restart_fences_and_resumes() {
     load.wait_acks(acks_while_down + 60, "after mgmtd's restart");
     let resumed_after = restarted_at.elapsed();
     let model = load.finish().await;
-    let replicas = verify_all_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked).await;
+    let replicas =
+        verify_replicas(cluster.admin(), CHAIN, &MEMBERS, &model.acked, same_bytes).await;
     println!(
         "mgmtd kill -9 and restart: {} acknowledged writes verified on {replicas} replicas over {} \
          chunks; first Fenced refusal {:?} after the kill; 60 writes acknowledged {:?} after \

@@ -65,28 +65,21 @@ pub async fn wait_serving(
     .await
 }
 
-/// Waits until every target of `members` serves, then reads every chunk of `acked` from each
-/// replica and compares it whole with the acknowledged content. Returns how many replicas.
-pub async fn verify_all_replicas(
-    admin: &MgmtdClient,
-    chain: u32,
-    members: &[(u64, u32)],
-    acked: &BTreeMap<ChunkId, Vec<u8>>,
-) -> usize {
-    verify_replicas_with(admin, chain, members, acked, |target, chunk, expected, bytes| {
-        assert!(
-            bytes == expected,
-            "target {target} chunk {chunk}: {} bytes differ from the {} acknowledged",
-            bytes.len(),
-            expected.len()
-        );
-    })
-    .await
+/// The check of [`verify_replicas`] for content acknowledged whole: the bytes read are exactly
+/// the acknowledged ones.
+pub fn same_bytes(target: TargetId, chunk: ChunkId, expected: &[u8], bytes: &[u8]) {
+    assert!(
+        bytes == expected,
+        "target {target} chunk {chunk}: {} bytes differ from the {} acknowledged",
+        bytes.len(),
+        expected.len()
+    );
 }
 
-/// Like [`verify_all_replicas`], with `check(target, chunk, expected, read)` judging the bytes
-/// (every read must still succeed).
-pub async fn verify_replicas_with(
+/// Waits until every target of `members` serves, then reads every chunk of `acked` from each
+/// replica (every read must succeed) and judges the bytes with `check(target, chunk,
+/// expected, read)`, e.g. [`same_bytes`]. Returns how many replicas were read.
+pub async fn verify_replicas(
     admin: &MgmtdClient,
     chain: u32,
     members: &[(u64, u32)],
