@@ -1,5 +1,6 @@
-//! USRBIO against a real cluster (mgmtd, a storage daemon and meta on loopback) with the ring
-//! server in this process, standing in for the FUSE daemon (see tests/common). One cluster serves
+//! USRBIO against a real cluster (mgmtd, a storage daemon and meta on loopback, booted by
+//! r3fs-testkit's harness) with the ring server in this process, standing in for the FUSE daemon
+//! (see tests/common). One cluster serves
 //! every scenario, in order:
 //! 1. the Rust API writes random ranges through rings and reads them back byte for byte, from two
 //!    sessions at once;
@@ -9,14 +10,16 @@
 //! 4. the Rust example, run as a separate process, is killed with SIGKILL mid-I/O: its session
 //!    ends, its file is closed, and the server keeps serving a second run of the example;
 //! 5. the C example is compiled with `cc` against the checked-in header and run;
-//! 6. (root with /dev/fuse) the real thing: r3fs-fuse mounts the cluster and serves rings, and the
-//!    C and Rust examples open files on the mount and move their bytes through rings.
+//! 6. (root with /dev/fuse) the real thing: r3fs-fuse mounts the cluster (the harness's
+//!    `mount_fuse`) and serves rings from the mount's socket directory, and the C and Rust
+//!    examples open files on the mount and move their bytes through rings.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{Cluster, Rig, profile_dir, wait_for};
 use r3fs_testkit::Proc;
+use r3fs_testkit::cluster::{FuseMount, fuse_unavailable};
 use r3fs_usrbio::proto::{self, Request};
 use r3fs_usrbio::ring::{self, Cqe, RingView, Sqe};
 use r3fs_usrbio::shm::Mapping;
@@ -46,7 +49,7 @@ async fn rings_against_a_real_cluster() {
     c_example(&cluster, &rig).await;
     println!("C example ok: {:?}", rig.server.stats());
     rig.server.shutdown().await;
-    match common::fuse_unavailable() {
+    match fuse_unavailable() {
         Some(reason) => println!("skipping the FUSE mount scenario: {reason}"),
         None => {
             through_the_fuse_mount(&cluster).await;
@@ -518,7 +521,7 @@ fn compile_c_example(cluster: &Cluster) -> Option<std::path::PathBuf> {
         println!("skipping the C example: no C compiler ({cc})");
         return None;
     }
-    let exe = cluster.dir.path().join("usrbio_example");
+    let exe = cluster.dir().join("usrbio_example");
     if exe.exists() {
         return Some(exe);
     }
@@ -543,16 +546,16 @@ fn compile_c_example(cluster: &Cluster) -> Option<std::path::PathBuf> {
 /// The real thing: r3fs-fuse mounts the cluster and serves rings; the C and Rust examples open
 /// files on the mount and move their bytes through rings.
 async fn through_the_fuse_mount(cluster: &Cluster) {
-    let mount = tokio::task::block_in_place(|| common::FuseMount::start(cluster));
-    let c_file = mount.mountpoint.join("c-through-fuse.bin");
-    let rust_file = mount.mountpoint.join("rust-through-fuse.bin");
+    let mount = tokio::task::block_in_place(|| cluster.daemons.mount_fuse("mnt"));
+    let c_file = mount.path("c-through-fuse.bin");
+    let rust_file = mount.path("rust-through-fuse.bin");
     tokio::task::block_in_place(|| {
         std::fs::write(&c_file, b"").expect("create a file through FUSE");
         std::fs::write(&rust_file, b"").expect("create a file through FUSE");
     });
     if let Some(exe) = compile_c_example(cluster) {
         let mut command = Command::new(&exe);
-        command.arg(&mount.mountpoint).arg(&c_file).env("R3FS_USRBIO_DIR", &mount.socket_dir);
+        command.arg(mount.mountpoint()).arg(&c_file).env("R3FS_USRBIO_DIR", mount.socket_dir());
         let output = tokio::task::block_in_place(|| command.output()).expect("run the C example");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
@@ -571,7 +574,7 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
         assert!(back.iter().enumerate().all(|(i, &b)| b == ((i * 131 + 17) % 253) as u8));
     }
     let mut command = Command::new(example("usrbio_roundtrip"));
-    command.arg(&mount.mountpoint).arg(&rust_file).env("R3FS_USRBIO_DIR", &mount.socket_dir);
+    command.arg(mount.mountpoint()).arg(&rust_file).env("R3FS_USRBIO_DIR", mount.socket_dir());
     let output = tokio::task::block_in_place(|| command.output()).expect("run the Rust example");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -583,7 +586,7 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
     print!("through FUSE: {stdout}");
     ring_writes_show_through_the_mount(cluster, &mount).await;
     // The same bytes through the kernel's FUSE path, for comparison (same daemon, same build).
-    let plain = mount.mountpoint.join("plain-through-fuse.bin");
+    let plain = mount.path("plain-through-fuse.bin");
     let data: Vec<u8> = (0..3usize << 20).map(|i| (i % 251) as u8).collect();
     let (write, read) = tokio::task::block_in_place(|| {
         let started = std::time::Instant::now();
@@ -605,9 +608,9 @@ async fn through_the_fuse_mount(cluster: &Cluster) {
 /// A file written through rings shows its new length through the mount as soon as the write's
 /// completion is reaped (the kernel had cached length 0 just before), reads back through the
 /// kernel's FUSE path, and after a ring fsync another client (meta) sees the length too.
-async fn ring_writes_show_through_the_mount(cluster: &Cluster, mount: &common::FuseMount) {
-    let path = mount.mountpoint.join("ring-stat.bin");
-    let socket = std::fs::read_dir(&mount.socket_dir)
+async fn ring_writes_show_through_the_mount(cluster: &Cluster, mount: &FuseMount) {
+    let path = mount.path("ring-stat.bin");
+    let socket = std::fs::read_dir(mount.socket_dir())
         .expect("the ring server's socket directory")
         .map(|entry| entry.expect("a directory entry").path())
         .find(|p| p.extension().is_some_and(|e| e == "sock"))
