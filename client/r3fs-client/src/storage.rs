@@ -302,21 +302,9 @@ impl StorageClient {
         f(&mut self.inner.stats.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
-    /// One request to one target: takes the global window, a connection, sends, waits.
-    async fn call(
-        &self,
-        snapshot: &RoutingSnapshot,
-        target: TargetId,
-        message: &Message,
-        payload: &[u8],
-        payload_crc32c: u32,
-        reply_bytes: u64,
-    ) -> Result<(Reply, OwnedSemaphorePermit), Failure> {
-        self.call_into(snapshot, target, message, payload, payload_crc32c, reply_bytes, None).await
-    }
-
-    /// [`StorageClient::call`] whose reply payload may be received into `destination`, which is
-    /// disarmed when this returns or is dropped, whatever happened.
+    /// One request to one target: takes the global window, a connection, sends, waits. The
+    /// reply payload may be received into `destination`, which is disarmed when this returns
+    /// or is dropped, whatever happened.
     #[allow(clippy::too_many_arguments)]
     async fn call_into(
         &self,
@@ -541,8 +529,9 @@ impl StorageClient {
                         sending_target_id: None,
                     };
                     self.count(|s| *s.updates_by_target.entry(head).or_default() += 1);
-                    let (reply, _window) =
-                        self.call(snapshot, head, &Message::from(request), data, crc, 0).await?;
+                    let (reply, _window) = self
+                        .call_into(snapshot, head, &Message::from(request), data, crc, 0, None)
+                        .await?;
                     let Message::UpdateReply(reply) = reply.frame.message else {
                         return Err(Failure::new(
                             ErrorCode::MalformedFrame,
@@ -964,8 +953,9 @@ impl StorageClient {
                     chunk_index_begin: indexes.start,
                     chunk_index_end: indexes.end,
                 };
-                let (reply, _window) =
-                    self.call(snapshot, target, &Message::from(request), &[], 0, 0).await?;
+                let (reply, _window) = self
+                    .call_into(snapshot, target, &Message::from(request), &[], 0, 0, None)
+                    .await?;
                 let Message::QueryLastChunkReply(reply) = reply.frame.message else {
                     return Err(Failure::new(
                         ErrorCode::MalformedFrame,
@@ -1026,8 +1016,9 @@ impl StorageClient {
                             chunk_index_end: indexes.end,
                             limit,
                         };
-                        let (reply, _window) =
-                            self.call(snapshot, head, &Message::from(request), &[], 0, 0).await?;
+                        let (reply, _window) = self
+                            .call_into(snapshot, head, &Message::from(request), &[], 0, 0, None)
+                            .await?;
                         let Message::RemoveChunksReply(reply) = reply.frame.message else {
                             return Err(Failure::new(
                                 ErrorCode::MalformedFrame,

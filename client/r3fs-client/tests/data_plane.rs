@@ -7,24 +7,15 @@ mod support;
 
 use r3fs_client::error::ClientError;
 use r3fs_client::{ClientConfig, FileMap, RoutingCache, StorageClient};
-use r3fs_types::{
-    ChainId, ChainSelection, ChainTableId, ChainTableVersion, ErrorCode, InodeId, Layout,
-};
+use r3fs_types::{ChainId, ErrorCode, InodeId, Layout};
 use rand::{Rng, RngCore, SeedableRng};
 use std::sync::Arc;
 use std::time::Duration;
+use support::CHUNK;
 use support::fake::{FakeCluster, ManualRouting, REPLICAS, target_of};
 
-const CHUNK: u32 = 64 << 10;
-
 fn layout(stripe: u32) -> Layout {
-    Layout {
-        chain_table_id: ChainTableId(1),
-        chain_table_version: ChainTableVersion(1),
-        chunk_size: CHUNK,
-        stripe_size: stripe,
-        chains: ChainSelection::ShuffleV1 { seed: 7 },
-    }
+    support::layout(stripe, 7)
 }
 
 fn config() -> ClientConfig {

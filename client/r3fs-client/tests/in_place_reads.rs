@@ -9,20 +9,13 @@
 mod support;
 
 use r3fs_client::{ClientConfig, RoutingCache, StorageClient};
-use r3fs_types::{ChainSelection, ChainTableId, ChainTableVersion, InodeId, Layout};
+use r3fs_types::{InodeId, Layout};
 use std::sync::Arc;
+use support::CHUNK;
 use support::fake::{FakeCluster, ManualRouting, target_of};
 
-const CHUNK: u32 = 64 << 10;
-
 fn layout(stripe: u32) -> Layout {
-    Layout {
-        chain_table_id: ChainTableId(1),
-        chain_table_version: ChainTableVersion(1),
-        chunk_size: CHUNK,
-        stripe_size: stripe,
-        chains: ChainSelection::ShuffleV1 { seed: 3 },
-    }
+    support::layout(stripe, 3)
 }
 
 async fn client(cluster: &FakeCluster) -> StorageClient {
