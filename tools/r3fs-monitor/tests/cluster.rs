@@ -1,5 +1,6 @@
-//! The whole monitoring path with real processes: ClickHouse, r3fs-monitor, mgmtd (scraped by
-//! the monitor) and two storage daemons (pushing to it). After some writes and reads, the
+//! The whole monitoring path with real processes: ClickHouse, r3fs-monitor, and a cluster of
+//! the storage suite's shape (tests/common of r3fs-storage, on r3fs-testkit's harness) whose
+//! mgmtd the monitor scrapes and whose two storage daemons push to it. After some writes and reads, the
 //! expected metrics are on the daemons' Prometheus endpoints and in ClickHouse.
 
 #![allow(clippy::unwrap_used)]
@@ -10,6 +11,7 @@ mod support;
 
 use common::*;
 use r3fs_storage::client::DataClient;
+use r3fs_testkit::cluster::{Role, eventually};
 use r3fs_testkit::{Proc, binary, free_port};
 use r3fs_types::{ChainId, ChunkId, InodeId, TargetId};
 use r3fs_wire::Outcome;
@@ -49,23 +51,9 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
     let clickhouse = tokio::task::spawn_blocking(ClickHouse::start).await.unwrap();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
 
-    // mgmtd with a metrics endpoint the monitor scrapes.
-    let mgmtd_address = format!("127.0.0.1:{}", free_port());
+    // The monitor first: it receives the daemons' pushes, scrapes mgmtd (retrying until mgmtd
+    // is up) and writes to ClickHouse.
     let mgmtd_metrics = format!("127.0.0.1:{}", free_port());
-    let mgmtd_config = format!(
-        "node_id = 1\nlisten = \"{mgmtd_address}\"\nlease_timeout_ms = 2000\n\
-         lease_renew_interval_ms = 500\nheartbeat_interval_ms = 200\nheartbeat_timeout_ms = 1500\n\
-         failure_check_interval_ms = 200\nrouting_wait_max_ms = 5000\nshutdown_grace_ms = 1000\n\
-         [kv]\nbackend = \"memory\"\n{}",
-        metrics_section(&mgmtd_metrics, "")
-    );
-    std::fs::write(dir.path().join("mgmtd.toml"), mgmtd_config).unwrap();
-    let mut command = Command::new(binary("r3fs-mgmtd", "r3fs-mgmtd"));
-    command.arg("--config").arg(dir.path().join("mgmtd.toml"));
-    let mut mgmtd = Proc::spawn("r3fs-mgmtd", command);
-    mgmtd.wait_for_line("is primary", WAIT);
-
-    // The monitor: receives pushes, scrapes mgmtd, writes to ClickHouse.
     let monitor_address = format!("127.0.0.1:{}", free_port());
     let monitor_config = format!(
         "listen = \"{monitor_address}\"\nscrape_interval_ms = 300\nflush_interval_ms = 200\n\
@@ -79,29 +67,17 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
     let mut monitor = Proc::spawn("r3fs-monitor", command);
     monitor.wait_for_line("listening on", WAIT);
 
-    // Two storage daemons pushing to the monitor.
-    let (admin, token) = init_cluster(&mgmtd_address).await;
-    let mut storage_metrics = Vec::new();
-    let mut daemons = Vec::new();
-    for node in [2u32, 3] {
-        let disk = dir.path().join(format!("node{node}-disk0"));
-        std::fs::create_dir_all(&disk).unwrap();
-        let listen = format!("127.0.0.1:{}", free_port());
-        let config = storage_config(node, &disk, &mgmtd_address, &token)
-            + &metrics_section(&listen, &monitor_address);
-        let config_path = dir.path().join(format!("storage{node}.toml"));
-        std::fs::write(&config_path, config).unwrap();
-        let mut storage = Storage {
-            proc: Proc::spawn("placeholder", Command::new("true")),
-            node_id: node,
-            config_path,
-            disk,
-        };
-        storage.proc = storage.spawn();
-        storage_metrics.push(listen);
-        daemons.push(storage);
-    }
-    let routing = create_chain(&admin, CHAIN, &[(101, 2), (201, 3)]).await;
+    // mgmtd with a metrics endpoint the monitor scrapes; two storage daemons (nodes 2 and 3)
+    // pushing to the monitor, each with its own Prometheus endpoint.
+    let storage_metrics: Vec<String> =
+        (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut cluster = storage_cluster(2)
+        .config(Role::Mgmtd, &metrics_section(&mgmtd_metrics, ""))
+        .storage_config(2, &metrics_section(&storage_metrics[0], &monitor_address))
+        .storage_config(3, &metrics_section(&storage_metrics[1], &monitor_address))
+        .start()
+        .await;
+    let routing = start_chain(&mut cluster, CHAIN, &[(101, 2), (201, 3)]).await;
     let version = routing.chains[&ChainId(CHAIN)].chain_version;
     let head = routing.address_of(TargetId(101)).unwrap();
     let tail = routing.address_of(TargetId(201)).unwrap();
@@ -142,7 +118,7 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
     let tail_text = scrape(&storage_metrics[1]).await;
     let reads = value_of(&tail_text, "r3fs_storage_read_ops_total", r#"outcome="ok",target="201""#);
     assert!(reads.is_some_and(|n| n >= writes as f64), "{tail_text}");
-    eventually(WAIT, "mgmtd gauges show two serving targets", || async {
+    eventually("mgmtd gauges show two serving targets", async || {
         let text = scrape(&mgmtd_metrics).await;
         (value_of(&text, "r3fs_mgmtd_targets_public_count", r#"state="serving""#) == Some(2.0))
             .then_some(())
@@ -152,7 +128,7 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
     // ClickHouse: pushed storage samples, scraped mgmtd samples, the monitor's own.
     let ch = &clickhouse;
     let count = |sql: &str| ch.query(sql).trim().parse::<u64>().unwrap_or(0);
-    eventually(WAIT, "the head's write count in ClickHouse", || async {
+    eventually("the head's write count in ClickHouse", async || {
         let n = count(&format!(
             "SELECT count() FROM r3fs_cluster.samples WHERE service = 'storage' \
              AND instance = 'node-2' AND name = 'r3fs_storage_write_ops_total' \
@@ -161,7 +137,7 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
         (n > 0).then_some(())
     })
     .await;
-    eventually(WAIT, "the tail's reads in ClickHouse", || async {
+    eventually("the tail's reads in ClickHouse", async || {
         let n = count(
             "SELECT count() FROM r3fs_cluster.samples WHERE instance = 'node-3' \
              AND name = 'r3fs_storage_read_ops_total' AND value > 0",
@@ -169,7 +145,7 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
         (n > 0).then_some(())
     })
     .await;
-    eventually(WAIT, "scraped mgmtd gauges in ClickHouse", || async {
+    eventually("scraped mgmtd gauges in ClickHouse", async || {
         let n = count(
             "SELECT count() FROM r3fs_cluster.samples WHERE service = 'mgmtd' \
              AND name = 'r3fs_mgmtd_targets_public_count' AND labels = 'state=\"serving\"' AND value = 2",
@@ -177,7 +153,7 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
         (n > 0).then_some(())
     })
     .await;
-    eventually(WAIT, "the monitor's own rows", || async {
+    eventually("the monitor's own rows", async || {
         let n = count(
             "SELECT count() FROM r3fs_cluster.samples WHERE service = 'monitor' \
              AND name = 'r3fs_monitor_pushes_received_total' AND value > 0",
@@ -200,5 +176,5 @@ async fn daemons_metrics_reach_prometheus_endpoints_and_clickhouse() {
     );
 
     assert!(monitor.terminate(Duration::from_secs(20)), "the monitor stops cleanly");
-    drop(daemons);
+    drop(cluster);
 }

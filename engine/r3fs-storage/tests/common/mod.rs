@@ -28,14 +28,19 @@ pub const CHUNK_SIZE: u32 = 1 << 20;
 /// dead after 1.5 s without a heartbeat (so daemons fence after 0.75 s); storage logs at debug
 /// (the resync test reads the progress lines), drains 3 s on SIGTERM, 1 GiB per target.
 pub fn storage_cluster(nodes: u32) -> ClusterBuilder {
-    Cluster::builder("test")
+    let builder = Cluster::builder("test")
         .storage_nodes(nodes)
         .chains(0)
         .target_capacity(1 << 30)
         .config(Role::Mgmtd, "heartbeat_timeout_ms = 1500")
         .config(Role::Storage, "shutdown_drain_ms = 3000")
-        .log(Role::Storage, "info,r3fs_storage=debug")
-        .binary(Role::Storage, env!("CARGO_BIN_EXE_r3fs-storage"))
+        .log(Role::Storage, "info,r3fs_storage=debug");
+    // This package's own binary in its tests; a package that includes this module (the
+    // monitor's cluster test) lets the harness build it.
+    match option_env!("CARGO_BIN_EXE_r3fs-storage") {
+        Some(path) => builder.binary(Role::Storage, path),
+        None => builder,
+    }
 }
 
 /// Creates chain `chain` of `members` ((target id, node id), head first) and waits until every
