@@ -6,7 +6,7 @@
 //! non-zero exit and the dead daemon's log tail. Every wait is bounded.
 
 use r3fs_client::{ClientConfig, FileClient, OpenOptions};
-use r3fs_testkit::{Proc, binary};
+use r3fs_testkit::{Proc, binary, pattern};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,18 +134,6 @@ fn client_config(up: &Up, token_file: &Path) -> ClientConfig {
         token,
         ..Default::default()
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Stops `up` with SIGTERM and checks every daemon it printed is gone and the exit was clean.

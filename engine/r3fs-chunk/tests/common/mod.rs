@@ -76,18 +76,8 @@ pub fn chunk(inode: u64, index: u64) -> ChunkId {
     ChunkId::new(InodeId(inode), index)
 }
 
-/// Deterministic bytes for (seed, len).
-pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
+/// Deterministic bytes for (seed, len): the testkit's pattern, under the name these suites use.
+pub use r3fs_testkit::pattern as bytes;
 
 pub fn buf<D: Device>(store: &ChunkStore<D>, data: &[u8]) -> ChunkBuf<D::Buf> {
     let mut buf = store.alloc_buf(data.len());
